@@ -1,0 +1,326 @@
+"""Start, check and stop the local Kafka (KRaft, from Maven Central jars) + redis-server stack.
+
+Why a process manager of our own instead of docker compose: the target machines (CI included)
+have no container engine, and the tests must talk to the same real broker the demo uses. The
+jars are resolved once with ``mvn`` into a cache outside the clone and reused by later runs;
+the broker's storage is formatted fresh on every ``up`` (a reused directory with another
+cluster id refuses to start).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..schemas.errors import StackError
+from ..schemas.settings import StackSettings
+
+__all__ = ["LocalStack", "StackInfo", "free_port"]
+
+_DEPLOY_DIR = Path(__file__).resolve().parent
+#: Seconds between SIGTERM and SIGKILL when stopping: a broker with a few topics shuts down in
+#: 2-5 s on 2 cores; longer means it is stuck.
+_STOP_GRACE_S = 20.0
+
+
+def free_port() -> int:
+    """A currently free TCP port on loopback (for tests that run a private stack)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """What ``up`` wrote to ``<run_dir>/stack.json``: enough for another process to connect or stop it."""
+
+    kafka_pid: int
+    redis_pid: int
+    bootstrap_servers: str
+    redis_url: str
+    kafka_version: str
+    run_dir: str
+    started_at: float
+    startup_s: float
+
+    @classmethod
+    def read(cls, run_dir: Path) -> StackInfo | None:
+        path = run_dir / "stack.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _run(cmd: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        raise StackError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc
+
+
+class LocalStack:
+    """The local stack described by ``settings``; methods are idempotent where it makes sense."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.run_dir = Path(settings.run_dir).resolve()
+        self.cache_dir = Path(settings.cache_dir).expanduser().resolve()
+
+    # ---------------------------------------------------------------- installation
+    @property
+    def kafka_libs(self) -> Path:
+        return self.cache_dir / f"kafka-{self.settings.kafka_version}" / "libs"
+
+    def ensure_kafka_jars(self) -> Path:
+        """Resolve the broker jars with mvn into the cache (once per version)."""
+        libs = self.kafka_libs
+        if (libs / ".complete").exists():
+            return libs
+        if shutil.which("mvn") is None:
+            raise StackError("mvn is not on PATH; install Maven (apt-get install maven) to fetch the Kafka jars")
+        staging = libs.with_name("libs.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        _run(
+            [
+                "mvn", "-q", "-B", "-f", str(_DEPLOY_DIR / "pom.xml"),
+                f"-Dkafka.version={self.settings.kafka_version}",
+                "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
+                "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+            ],
+            "resolving the Kafka jars with mvn",
+        )
+        (staging / ".complete").write_text(self.settings.kafka_version)
+        shutil.rmtree(libs, ignore_errors=True)
+        staging.rename(libs)
+        return libs
+
+    @staticmethod
+    def ensure_redis_server() -> str:
+        """Path of redis-server, installing Debian's package when it is missing."""
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        if shutil.which("apt-get") is None:
+            raise StackError("redis-server is missing and apt-get is not available; install redis-server")
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        _run([*sudo, "apt-get", "update", "-qq"], "apt-get update", env=env)
+        _run([*sudo, "apt-get", "install", "-y", "-qq", "redis-server"], "apt-get install redis-server", env=env)
+        found = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(found).exists():
+            raise StackError("apt-get installed redis-server but the binary was not found")
+        return found
+
+    # ---------------------------------------------------------------- lifecycle
+    def status(self) -> StackInfo | None:
+        """The running stack's info, or None when nothing (alive) was started from this run dir."""
+        info = StackInfo.read(self.run_dir)
+        if info is None or not (_pid_alive(info.kafka_pid) and _pid_alive(info.redis_pid)):
+            return None
+        return info
+
+    def up(self) -> StackInfo:
+        """Start Kafka and Redis and wait until both answer; return what was started."""
+        running = self.status()
+        if running is not None:
+            return running
+        self.down()  # clear a half-dead previous stack (one process died)
+        started = time.monotonic()
+        libs = self.ensure_kafka_jars()
+        redis_bin = self.ensure_redis_server()
+        s = self.settings
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        redis_pid = self._start_redis(redis_bin)
+        kafka_pid = self._start_kafka(libs)
+        bootstrap = f"127.0.0.1:{s.kafka_port}"
+        redis_url = f"redis://127.0.0.1:{s.redis_port}/0"
+        try:
+            self._wait_redis(redis_url, redis_pid)
+            self._wait_kafka(bootstrap, kafka_pid)
+        except BaseException:
+            self._stop_pid(kafka_pid)
+            self._stop_pid(redis_pid)
+            raise
+        info = StackInfo(
+            kafka_pid=kafka_pid,
+            redis_pid=redis_pid,
+            bootstrap_servers=bootstrap,
+            redis_url=redis_url,
+            kafka_version=self.broker_version() or "unknown",
+            run_dir=str(self.run_dir),
+            started_at=time.time(),
+            startup_s=round(time.monotonic() - started, 2),
+        )
+        (self.run_dir / "stack.json").write_text(json.dumps(asdict(info), indent=2))
+        return info
+
+    def down(self) -> bool:
+        """Stop what ``up`` started (SIGTERM, then SIGKILL after a grace period)."""
+        info = StackInfo.read(self.run_dir)
+        if info is None:
+            return False
+        self._stop_pid(info.kafka_pid)
+        self._stop_pid(info.redis_pid)
+        (self.run_dir / "stack.json").unlink(missing_ok=True)
+        return True
+
+    def broker_version(self) -> str | None:
+        """The version the broker printed in its log ("Kafka version: 4.3.1")."""
+        log = self.run_dir / "kafka-logs" / "server.log"
+        if not log.exists():
+            return None
+        match = re.search(r"Kafka version: (\S+)", log.read_text(errors="replace"))
+        return match.group(1) if match else None
+
+    # ---------------------------------------------------------------- internals
+    def _start_redis(self, redis_bin: str) -> int:
+        data = self.run_dir / "redis-data"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        conf = (_DEPLOY_DIR / "redis.conf").read_text().format(
+            redis_port=self.settings.redis_port, data_dir=data, log_file=self.run_dir / "redis.log"
+        )
+        conf_path = self.run_dir / "redis.conf"
+        conf_path.write_text(conf)
+        proc = subprocess.Popen(
+            [redis_bin, str(conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return proc.pid
+
+    def _start_kafka(self, libs: Path) -> int:
+        s = self.settings
+        data = self.run_dir / "kafka-data"
+        logs = self.run_dir / "kafka-logs"
+        tmp = self.run_dir / "kafka-tmp"
+        for folder in (data, logs, tmp):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        props = (_DEPLOY_DIR / "server.properties").read_text().format(
+            kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=data
+        )
+        props_path = self.run_dir / "server.properties"
+        props_path.write_text(props)
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java is not on PATH; Kafka 4.x needs Java 17+")
+        heap = f"-Xmx{s.kafka_heap_mb}m"
+        jvm = [
+            java, f"-Xms{s.kafka_heap_mb}m", heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={logs}",
+            f"-Dlog4j2.configurationFile={_DEPLOY_DIR / 'log4j2.properties'}",
+            f"-Djava.io.tmpdir={tmp}", f"-DZstdTempFolder={tmp}", f"-Dorg.xerial.snappy.tempdir={tmp}",
+            "-cp", f"{libs}/*",
+        ]
+        _run([*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props_path)],
+             "formatting the Kafka storage")
+        with open(self.run_dir / "kafka.out", "wb") as out:
+            proc = subprocess.Popen(
+                [*jvm, "kafka.Kafka", str(props_path)], stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return proc.pid
+
+    def _wait_redis(self, url: str, pid: int) -> None:
+        import redis
+
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        while True:
+            if not _pid_alive(pid):
+                raise StackError(f"redis-server exited during start; see {self.run_dir / 'redis.log'}")
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"redis-server did not answer PING within {self.settings.start_timeout_s}s")
+            time.sleep(0.1)
+
+    def _wait_kafka(self, bootstrap: str, pid: int) -> None:
+        """Wait until an admin request (describe cluster) succeeds, not merely an open port."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while True:
+            if not _pid_alive(pid):
+                tail = (self.run_dir / "kafka.out").read_text(errors="replace")[-2000:]
+                raise StackError(f"the Kafka broker exited during start:\n{tail}")
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                                         bootstrap_timeout_ms=3000)
+                try:
+                    admin.describe_cluster()
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except (KafkaError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"Kafka did not answer an admin request within {self.settings.start_timeout_s}s; "
+                                 f"see {self.run_dir / 'kafka-logs' / 'server.log'}")
+            time.sleep(0.5)
+
+    @staticmethod
+    def _stop_pid(pid: int) -> None:
+        if not _pid_alive(pid):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + _STOP_GRACE_S
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                _reap(pid)
+                return
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: 22-char base64url of a random UUID, never starting with '-'."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid

@@ -1,0 +1,153 @@
+"""One ``Settings`` model for every process: a TOML file plus ``PROTOGUARD_*`` environment overrides.
+
+Nested fields use ``__`` in the environment: ``PROTOGUARD_STREAM__MAX_WAIT_MS=20`` sets
+``stream.max_wait_ms``. Environment beats file, file beats defaults. Settings are read once, by
+the CLI, and passed down as values; no other module reads the environment.
+
+A bad value stops the process with :class:`~protoguard.schemas.errors.ConfigError` whose
+message names the field, the offending value and where to set it.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = [
+    "KafkaSettings",
+    "RedisSettings",
+    "Settings",
+    "StackSettings",
+    "StreamSettings",
+    "TrainerSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "PROTOGUARD_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """Where the broker is and what the topics are called."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    events_topic: str = "events"
+    alerts_topic: str = "alerts"
+    labels_topic: str = "labels"
+    dlq_topic: str = "events.dlq"
+    n_partitions: int = Field(default=4, ge=1)
+    consumer_group: str = "protoguard-scorers"
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+
+class RedisSettings(_Section):
+    """Redis connection and the key prefix every protoguard key starts with."""
+
+    url: str = "redis://127.0.0.1:16379/0"
+    prefix: str = "pg"
+
+
+class StreamSettings(_Section):
+    """Scorer behaviour: micro-batch bounds, state TTLs, side HTTP port."""
+
+    max_batch: int = Field(default=2048, ge=1, le=65_536)
+    max_wait_ms: int = Field(default=50, gt=0)
+    features_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    reservoir_size: int = Field(default=20_000, ge=10)
+    metrics_port: int = Field(default=0, ge=0, le=65_535)
+    model_poll_s: float = Field(default=2.0, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    n_top_features: int = Field(default=3, ge=0)
+
+
+class TrainerSettings(_Section):
+    """When and how the trainer retrains and what the promotion gate demands."""
+
+    interval_s: int = Field(default=3600, gt=0)
+    min_new_labels: int = Field(default=50, ge=1)
+    alert_budget: float = Field(default=0.02, gt=0, lt=1)
+    holdout_fraction: float = Field(default=0.3, gt=0, lt=1)
+    lock_timeout_s: int = Field(default=600, gt=0)
+    keep_versions: int = Field(default=10, ge=2)
+    n_epochs: int = Field(default=30, ge=1)
+
+
+class StackSettings(_Section):
+    """The embedded local stack (Kafka from Maven jars, redis-server from Debian)."""
+
+    kafka_version: str = "4.3.1"
+    run_dir: Path = Path(".run")
+    cache_dir: Path = Path.home() / ".cache" / "protoguard"
+    kafka_port: int = Field(default=19092, ge=1, le=65_535)
+    controller_port: int = Field(default=19093, ge=1, le=65_535)
+    redis_port: int = Field(default=16379, ge=1, le=65_535)
+    kafka_heap_mb: int = Field(default=512, ge=256)
+    start_timeout_s: float = Field(default=90.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Configuration of every protoguard process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    stream: StreamSettings = StreamSettings()
+    trainer: TrainerSettings = TrainerSettings()
+    stack: StackSettings = StackSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so it overrides the file values passed in as init kwargs.
+        return (env_settings, init_settings)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    env_name = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
+    given = error.get("input")
+    given_text = "" if isinstance(given, dict) else f" (got {given!r})"
+    message = error["msg"][0].lower() + error["msg"][1:]
+    return f"{loc}: {message}{given_text}; set it in protoguard.toml or {env_name}"
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read settings from ``path`` (TOML, optional), then ``PROTOGUARD_*`` environment overrides.
+
+    Raises
+    ------
+    ConfigError
+        When the file is unreadable or any field is invalid; every bad field is listed by name.
+    """
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        details = "\n  ".join(_describe(err) for err in exc.errors())
+        raise ConfigError(f"invalid configuration:\n  {details}") from exc
