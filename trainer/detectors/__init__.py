@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 from .base import BaseDetector, Detector
+from .hgad import HGADDetector
 
-__all__ = ["BaseDetector", "Detector"]
+__all__ = ["BaseDetector", "Detector", "HGADDetector"]
