@@ -1,0 +1,211 @@
+"""Run methods x datasets x seeds (x contamination levels) under the reference protocol, resumably.
+
+Why a harness of its own: the numbers MNP is judged by (``shared/spec/mnp-reference-results.md``)
+come from one protocol (``benchmarks/protocol.py``), and every method here sees exactly the same
+split, the same labelled anomalies and, per seed, the same training rows. Each finished run is
+appended to ``DIR/results.csv`` at once, so an interrupted benchmark loses one fit, and a rerun
+skips every (dataset, method, seed, contamination) already there. A failed fit (exception or
+non-finite scores) becomes a row with NaN metrics and the error text instead of stopping the run.
+
+Methods (names as in the CLI):
+
+- ``mnp``: the product's label-frugal mode (``variant="fixed"``, ``validation="frugal"``);
+- ``mnp-faithful``: the reference code's behaviour (``variant="faithful"``) with the same labels
+  as the peers (``validation="frugal"``);
+- ``mnp-reference``: faithful and early-stopped on the fully labelled 5 % validation split, as
+  the authors' code (a label leak: 4-8x more labelled anomalies than the peers get);
+- ``mnp-noweight`` / ``mnp-k1``: ablations of ``mnp`` (no likelihood weighting; one prototype);
+- the peers of :mod:`protoguard.benchmarks.peers`: ``devnet``, ``deepsad``, ``prenet``,
+  ``feawad``, ``rosas``, ``iforest``, ``hgb``.
+
+``max_rows`` caps the training part for speed: all labelled anomalies are kept and the unlabelled
+rows are subsampled uniformly (seeded by the run's seed, so all methods of one seed see the same
+rows); the contamination share is kept in expectation and test/validation parts are untouched.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..trainer.evaluation import detection_metrics
+from .peers import FEAWAD, DeepSAD, DevNet, HGBPeer, IsolationForestPeer, PReNet, RoSAS
+from .protocol import DatasetSplit, resample_contamination, split_reference
+
+__all__ = [
+    "METHOD_NAMES",
+    "RESULT_COLUMNS",
+    "build_method",
+    "read_results",
+    "run_benchmark",
+    "run_one",
+    "subsample_train",
+]
+
+RESULT_COLUMNS = (
+    "dataset", "method", "seed", "contamination", "auc_pr", "auc_pr_trapz", "auc_roc",
+    "fit_s", "score_s", "n_train", "n_labelled", "error",
+)
+
+#: MNP settings per method name (all take ``random_state`` and ``device`` on top).
+_MNP_PARAMS: dict[str, dict[str, Any]] = {
+    "mnp": {"variant": "fixed", "validation": "frugal"},
+    "mnp-faithful": {"variant": "faithful", "validation": "frugal"},
+    "mnp-reference": {"variant": "faithful", "validation": "reference"},
+    "mnp-noweight": {"variant": "fixed", "validation": "frugal", "weighting": False},
+    "mnp-k1": {"variant": "fixed", "validation": "frugal", "n_prototypes": 1},
+}
+
+_PEERS: dict[str, Callable[..., Any]] = {
+    "devnet": DevNet, "deepsad": DeepSAD, "prenet": PReNet, "feawad": FEAWAD, "rosas": RoSAS,
+}
+
+METHOD_NAMES: tuple[str, ...] = (*_MNP_PARAMS, *_PEERS, "iforest", "hgb")
+
+#: Natural contamination (whatever the split leaves unlabelled) is written as this word in the CSV.
+NATURAL = "natural"
+
+
+def build_method(name: str, seed: int, *, max_fit_s: float = 120.0) -> Any:
+    """An unfitted detector for a method name; unknown names list the valid ones."""
+    if name in _MNP_PARAMS:
+        from ..trainer.detectors.mnp import MNPDetector  # lazy: peers-only runs need not import MNP
+
+        return MNPDetector(**_MNP_PARAMS[name], random_state=seed, device="auto")
+    if name in _PEERS:
+        return _PEERS[name](random_state=seed, max_fit_s=max_fit_s)
+    if name == "iforest":
+        return IsolationForestPeer(random_state=seed)
+    if name == "hgb":
+        return HGBPeer(random_state=seed)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
+
+
+def subsample_train(split: DatasetSplit, max_rows: int | None, random_state: int) -> DatasetSplit:
+    """Keep every labelled anomaly and a uniform sample of unlabelled rows, ``max_rows`` in all."""
+    if max_rows is None or len(split.X_train) <= max_rows:
+        return split
+    rng = np.random.default_rng(random_state)
+    labelled = np.flatnonzero(split.semi_y == 1)
+    unlabelled = np.flatnonzero(split.semi_y == 0)
+    n_keep = max(1, max_rows - len(labelled))
+    keep = np.sort(np.concatenate([labelled, rng.choice(unlabelled, min(n_keep, len(unlabelled)), replace=False)]))
+    return dataclasses.replace(split, X_train=split.X_train[keep], y_train=split.y_train[keep], semi_y=split.semi_y[keep])
+
+
+def _contamination_key(contamination: float | None) -> str:
+    return NATURAL if contamination is None else f"{contamination:g}"
+
+
+def run_one(split: DatasetSplit, method: str, seed: int, *, contamination: float | None = None,
+            max_rows: int | None = None, max_fit_s: float = 120.0) -> dict[str, Any]:
+    """Fit and score one method on one split; never raises for a failed fit (the row says why)."""
+    run_split = split if contamination is None else resample_contamination(split, contamination, random_state=seed)
+    run_split = subsample_train(run_split, max_rows, random_state=seed)
+    row: dict[str, Any] = {
+        "dataset": split.name, "method": method, "seed": seed, "contamination": _contamination_key(contamination),
+        "auc_pr": math.nan, "auc_pr_trapz": math.nan, "auc_roc": math.nan, "fit_s": math.nan, "score_s": math.nan,
+        "n_train": len(run_split.X_train), "n_labelled": int(run_split.semi_y.sum()), "error": "",
+    }
+    try:
+        model = build_method(method, seed, max_fit_s=max_fit_s)
+        started = time.perf_counter()
+        if method == "mnp-reference":
+            model.fit(run_split.X_train, run_split.semi_y, X_val=run_split.X_val, y_val=run_split.y_val)
+        else:
+            model.fit(run_split.X_train, run_split.semi_y)
+        row["fit_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = np.asarray(model.score(run_split.X_test), dtype=np.float64)
+        row["score_s"] = time.perf_counter() - started
+    except Exception as exc:  # a broken peer must not end a 40-minute run; the row records it
+        row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+        traceback.print_exc()
+        return row
+    if not np.all(np.isfinite(scores)):
+        row["error"] = f"non-finite scores ({int((~np.isfinite(scores)).sum())} of {len(scores)})"
+        return row
+    row.update(detection_metrics(run_split.y_test, scores))
+    return row
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results.csv with numbers parsed (NaN for empty/failed metrics); [] if absent."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        for key in ("auc_pr", "auc_pr_trapz", "auc_roc", "fit_s", "score_s"):
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
+        row.setdefault("error", "")
+    return rows
+
+
+def _done_keys(rows: list[dict[str, Any]]) -> set[tuple[str, str, int, str]]:
+    return {(r["dataset"], r["method"], int(r["seed"]), r["contamination"]) for r in rows}
+
+
+def run_benchmark(
+    datasets: Sequence[Path], methods: Sequence[str], seeds: Sequence[int], out_dir: Path, *,
+    contaminations: Sequence[float | None] = (None,), max_rows: dict[str, int] | int | None = None,
+    max_fit_s: float = 120.0, console: Console | None = None,
+) -> Path:
+    """Run every missing (dataset, method, seed, contamination) and rewrite the report; return results.csv.
+
+    ``max_rows`` is one cap for all datasets or a per-dataset-stem mapping. The report
+    (``results.md``, ``auc_pr.png``) is refreshed after each dataset, so partial runs are readable.
+    """
+    from .report import write_report  # matplotlib is imported only when a report is written
+
+    for name in methods:
+        if name not in METHOD_NAMES:
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
+    torch.set_num_threads(1)  # the benchmark machine's cores are shared; one heavy job, one thread
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_csv = out_dir / "results.csv"
+    done = _done_keys(read_results(results_csv))
+    todo = [
+        (path, c, m, s) for path in datasets for c in contaminations for m in methods for s in seeds
+        if (path.stem, m, s, _contamination_key(c)) not in done
+    ]
+    console = console or Console(stderr=True)
+    if not results_csv.exists():
+        with results_csv.open("w", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=RESULT_COLUMNS).writeheader()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("bench", total=len(todo))
+        split: DatasetSplit | None = None
+        for i, (path, contamination, method, seed) in enumerate(todo):
+            if split is None or split.name != path.stem:
+                split = split_reference(path)
+            cap = max_rows.get(path.stem) if isinstance(max_rows, dict) else max_rows
+            progress.update(task, description=f"{path.stem} {method} seed={seed} c={_contamination_key(contamination)}")
+            row = run_one(split, method, seed, contamination=contamination, max_rows=cap, max_fit_s=max_fit_s)
+            with results_csv.open("a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=RESULT_COLUMNS).writerow(row)
+            progress.console.print(
+                f"{row['dataset']:<28} {method:<14} seed={seed} c={row['contamination']:<7} "
+                f"ap={row['auc_pr']:.3f} trapz={row['auc_pr_trapz']:.3f} roc={row['auc_roc']:.3f} "
+                f"fit={row['fit_s']:.1f}s n={row['n_train']} {row['error']}",
+                soft_wrap=True,
+            )
+            progress.advance(task)
+            is_last_of_dataset = i + 1 == len(todo) or todo[i + 1][0] != path
+            if is_last_of_dataset:
+                write_report(results_csv, out_dir)
+    if not todo:
+        write_report(results_csv, out_dir)
+    return results_csv

@@ -1,0 +1,152 @@
+"""Turn a harness ``results.csv`` into ``results.md`` (tables, mean ranks) and ``auc_pr.png`` (bars).
+
+Why separate from the harness: reports are rebuilt from the CSV alone, so a resumed or merged
+run (several ``--methods`` invocations into one directory) always gets one consistent report.
+
+Ranks: per (dataset, contamination) the methods are ranked by their mean metric over seeds
+(1 = best; ties share the average rank; a method whose every run failed ranks last), and a
+method's mean rank is the average over the groups where it ran.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .harness import METHOD_NAMES, read_results
+
+__all__ = ["mean_ranks", "summarise", "write_report"]
+
+_METRICS = (("auc_pr_trapz", "AUC-PR (trapezoid, as the reference code)"), ("auc_pr", "AUC-PR (average precision)"),
+            ("auc_roc", "AUC-ROC"))
+
+Summary = dict[tuple[str, str, str], dict[str, Any]]
+
+
+def summarise(rows: list[dict[str, Any]]) -> Summary:
+    """(contamination, dataset, method) -> mean/std per metric, runs, failures, mean fit seconds."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["contamination"], row["dataset"], row["method"])].append(row)
+    out: Summary = {}
+    for key, runs in groups.items():
+        entry: dict[str, Any] = {"n_runs": len(runs), "n_failed": sum(1 for r in runs if r["error"])}
+        for metric, _ in (*_METRICS, ("fit_s", "")):
+            values = np.array([r[metric] for r in runs if not r["error"] and math.isfinite(r[metric])], dtype=float)
+            entry[metric] = (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
+        out[key] = entry
+    return out
+
+
+def _ordered_methods(summary: Summary) -> list[str]:
+    present = {m for (_, _, m) in summary}
+    return [m for m in METHOD_NAMES if m in present] + sorted(present - set(METHOD_NAMES))
+
+
+def mean_ranks(summary: Summary, metric: str) -> dict[str, float]:
+    """Each method's mean rank (1 = best) by ``metric`` over the (contamination, dataset) groups it ran in."""
+    by_group: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for (cont, dataset, method), entry in summary.items():
+        by_group[(cont, dataset)][method] = entry[metric][0]
+    ranks: dict[str, list[float]] = defaultdict(list)
+    for scores in by_group.values():
+        methods = list(scores)
+        values = np.array([scores[m] if math.isfinite(scores[m]) else -np.inf for m in methods])
+        for m, v in zip(methods, values):
+            better, tied = float((values > v).sum()), float((values == v).sum())
+            ranks[m].append(better + (tied + 1) / 2)
+    return {m: float(np.mean(r)) for m, r in ranks.items()}
+
+
+def _cell(entry: dict[str, Any] | None, metric: str, is_best: bool) -> str:
+    if entry is None:
+        return "—"
+    mean, std = entry[metric]
+    if not math.isfinite(mean):
+        return f"failed ({entry['n_failed']}/{entry['n_runs']})"
+    text = f"{mean:.3f}±{std:.3f}"
+    if entry["n_failed"]:
+        text += f" ({entry['n_failed']} failed)"
+    return f"**{text}**" if is_best else text
+
+
+def _markdown(summary: Summary) -> str:
+    methods = _ordered_methods(summary)
+    contaminations = sorted({c for (c, _, _) in summary}, key=lambda c: (c != "natural", c))
+    lines = [
+        "# Benchmark results",
+        "",
+        "Mean ± std over seeds on the test part (35 %) of the reference protocol (`benchmarks/protocol.py`);",
+        "best mean per dataset in bold. Rebuild with `protoguard bench` (it resumes) or from `results.csv`.",
+        "",
+    ]
+    for cont in contaminations:
+        datasets = sorted({d for (c, d, _) in summary if c == cont})
+        sub = {k: v for k, v in summary.items() if k[0] == cont}
+        seeds = max(v["n_runs"] for v in sub.values())
+        lines += [f"## Contamination: {cont}", "", f"Up to {seeds} seeds per cell.", ""]
+        for metric, title in _METRICS:
+            lines += [f"### {title}", "", "| dataset | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+            for dataset in datasets:
+                entries = {m: sub.get((cont, dataset, m)) for m in methods}
+                finite = [e[metric][0] for e in entries.values() if e is not None and math.isfinite(e[metric][0])]
+                best = max(finite) if finite else math.nan
+                cells = [_cell(e, metric, e is not None and e[metric][0] == best) for e in entries.values()]
+                lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+            lines.append("")
+        rank_trapz, rank_ap, rank_roc = (mean_ranks(sub, m) for m, _ in _METRICS)
+        lines += ["### Mean rank (1 = best) and mean fit time", "",
+                  "| method | rank AUC-PR (trapz) | rank AUC-PR (AP) | rank AUC-ROC | datasets | mean fit s |",
+                  "|---|---|---|---|---|---|"]
+        for m in sorted(methods, key=lambda m: rank_trapz.get(m, math.inf)):
+            if m not in rank_trapz:
+                continue
+            n_datasets = sum(1 for (_, _, mm) in sub if mm == m)
+            fits = [v["fit_s"][0] for (_, _, mm), v in sub.items() if mm == m and math.isfinite(v["fit_s"][0])]
+            fit = f"{np.mean(fits):.1f}" if fits else "—"
+            lines.append(f"| {m} | {rank_trapz[m]:.2f} | {rank_ap[m]:.2f} | {rank_roc[m]:.2f} | {n_datasets} | {fit} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plot(summary: Summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless benchmark machines have no display
+    import matplotlib.pyplot as plt
+
+    methods = _ordered_methods(summary)
+    contaminations = sorted({c for (c, _, _) in summary}, key=lambda c: (c != "natural", c))
+    datasets = sorted({d for (_, d, _) in summary})
+    fig, axes = plt.subplots(len(contaminations), 1, figsize=(max(8, 1.1 * len(datasets) * max(1, len(methods)) / 4), 4 * len(contaminations)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(datasets))
+    cmap = plt.get_cmap("tab20")
+    for ax, cont in zip(axes[:, 0], contaminations):
+        for j, m in enumerate(methods):
+            means = [summary.get((cont, d, m), {"auc_pr": (math.nan, math.nan)})["auc_pr"][0] for d in datasets]
+            stds = [summary.get((cont, d, m), {"auc_pr": (math.nan, math.nan)})["auc_pr"][1] for d in datasets]
+            ax.bar(x + (j - (len(methods) - 1) / 2) * width, np.nan_to_num(means), width, yerr=np.nan_to_num(stds),
+                   label=m, color=cmap(j % 20), error_kw={"elinewidth": 0.5})
+        ax.set_xticks(x, datasets, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("AUC-PR (average precision)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Mean AUC-PR over seeds, contamination: {cont}")
+        ax.legend(fontsize=7, ncol=min(6, len(methods)), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results_csv: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``results.md`` and ``auc_pr.png`` next to the CSV's summary; return both paths."""
+    summary = summarise(read_results(results_csv))
+    md_path, png_path = out_dir / "results.md", out_dir / "auc_pr.png"
+    md_path.write_text(_markdown(summary) + "\n" if summary else "# Benchmark results\n\nNo runs yet.\n")
+    if summary:
+        _plot(summary, png_path)
+    return md_path, png_path
