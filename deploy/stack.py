@@ -30,6 +30,9 @@ _DEPLOY_DIR = Path(__file__).resolve().parent
 #: Seconds between SIGTERM and SIGKILL when stopping: a broker with a few topics shuts down in
 #: 2-5 s on 2 cores; longer means it is stuck.
 _STOP_GRACE_S = 20.0
+#: Popen handles of the services this process started, kept so they are reaped on stop rather
+#: than garbage-collected while still running (which is what a detached service does).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def free_port() -> int:
@@ -212,6 +215,7 @@ class LocalStack:
             [redis_bin, str(conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        _CHILDREN[proc.pid] = proc
         return proc.pid
 
     def _start_kafka(self, libs: Path) -> int:
@@ -245,6 +249,7 @@ class LocalStack:
                 [*jvm, "kafka.Kafka", str(props_path)], stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _CHILDREN[proc.pid] = proc
         return proc.pid
 
     def _wait_redis(self, url: str, pid: int) -> None:
@@ -274,6 +279,11 @@ class LocalStack:
             if not _pid_alive(pid):
                 tail = (self.run_dir / "kafka.out").read_text(errors="replace")[-2000:]
                 raise StackError(f"the Kafka broker exited during start:\n{tail}")
+            if not _port_open(bootstrap):
+                if time.monotonic() > deadline:
+                    raise StackError(f"Kafka did not open {bootstrap} within {self.settings.start_timeout_s}s")
+                time.sleep(0.2)
+                continue
             try:
                 admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
                                          bootstrap_timeout_ms=3000)
@@ -311,7 +321,21 @@ class LocalStack:
         _reap(pid)
 
 
+def _port_open(address: str) -> bool:
+    """Cheap pre-check before the admin request (a refused bootstrap leaks sockets in kafka-python)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def _reap(pid: int) -> None:
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait(timeout=5)
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
