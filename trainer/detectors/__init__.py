@@ -3,5 +3,6 @@ from __future__ import annotations
 
 from .base import BaseDetector, Detector
 from .hgad import HGADDetector
+from .mnp import MNPDetector
 
-__all__ = ["BaseDetector", "Detector", "HGADDetector"]
+__all__ = ["BaseDetector", "Detector", "HGADDetector", "MNPDetector"]

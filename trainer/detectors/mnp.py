@@ -30,7 +30,7 @@ from .base import BaseDetector, check_is_fitted, resolve_device, sha256_hex, ten
 from .mnp_losses import dwa_combine, likelihood_weights, prototype_loss, reconstruction_loss, score_loss
 from .mnp_network import DAELayer, MNPNetwork, hidden_width, per_feature_reconstruction
 
-__all__ = ["MNPDetector", "MNPExplanation", "MNPVariant", "MNPValidation"]
+__all__ = ["MNPDetector", "MNPExplanation", "MNPValidation", "MNPVariant"]
 
 MNPVariant = Literal["faithful", "fixed"]
 MNPValidation = Literal["reference", "frugal", "fixed_epochs"]
@@ -159,7 +159,7 @@ class MNPDetector(BaseDetector):
     >>> normal = rng.normal(0.3, 0.05, (600, 5)).astype(np.float32)
     >>> anomalies = rng.normal(0.8, 0.05, (30, 5)).astype(np.float32)
     >>> X = np.vstack([normal, anomalies]); y = np.zeros(len(X), dtype=np.int64); y[-5:] = 1
-    >>> det = MNPDetector(n_prototypes=2, max_epochs=5, pretrain_max_epochs=5,
+    >>> det = MNPDetector(n_prototypes=2, max_epochs=5, pretrain_max_epochs=3, n_batches_per_epoch=16,
     ...                   validation="fixed_epochs", random_state=0).fit(X, y)
     >>> s = det.score(X[:-5])
     >>> print(f"{roc_auc_score(np.r_[np.zeros(600), np.ones(25)], s):.2f}")
@@ -523,7 +523,8 @@ class MNPDetector(BaseDetector):
 
     def score(self, X: Any) -> npt.NDArray[np.float32]:
         """phi(x) in (0, 1) per row, **higher = more anomalous**; chunked forward passes, no grad."""
-        return self._forward_scores(self.network_, self._prepared(X))
+        Xt = self._prepared(X)
+        return self._forward_scores(self.network_, Xt)
 
     def likelihood_weights(self, X: Any) -> npt.NDArray[np.float32]:
         """omega-tilde = sigmoid(beta s_max(x)) per row, before batch renormalisation (for reports)."""
