@@ -129,6 +129,7 @@ def init_main_centres(n_classes: int, dim: int, generator: torch.Generator) -> t
     The original's repeated scaled one-hot when Y <= D/2; otherwise i.i.d. N(0, sigma^2 I) with
     sigma = 5 / sqrt(2D), because the one-hot pattern gives all-zero centres once Y > D (spec 8.2).
     """
+    # resolution: "Y <= D/2" is read as Y <= floor(D/2), which keeps floor(D/Y) >= 2 repeats.
     if n_classes <= dim // 2:
         value = _CENTRE_DISTANCE / math.sqrt((2 * dim) // n_classes)
         centres = torch.zeros(n_classes, dim)
@@ -141,6 +142,8 @@ def init_main_centres(n_classes: int, dim: int, generator: torch.Generator) -> t
 
 def _as_label(value: Any) -> str | None:
     """Class labels are compared as ``str(label)``; None and NaN mean "class unknown"."""
+    # resolution: the spec's classes are categorical names; the manifest keys per-class thresholds
+    # by str, so int 3 and "3" are one class (and 3.0 is "3.0", another one).
     if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
         return None
     return str(value)
@@ -337,6 +340,10 @@ class HGADDetector(BaseDetector):
         index = {c: i for i, c in enumerate(class_list)}
         y_all = np.array([index[v] for v in labels], dtype=np.int64)
 
+        # resolution: the spec calibrates on "held-out normal events per class" but the API makes
+        # X_val optional; without it we hold out a stratified 15 % of each class (>= 20 rows).
+        # Rare classes are not merged into "other" (spec section 7): the API has no knob for it and
+        # merging would change the caller's class names; callers merge before fit if they want to.
         if X_val is None:
             train_mask = self._holdout_mask(y_all, rng)
             X_tr, y_tr = X_all[train_mask], y_all[train_mask]

@@ -19,7 +19,8 @@ One block maps x (n, D) to y (n, D):
 5. ``log|det J| = sum(alpha * tanh(s)) + sum(log gamma)`` (R has determinant 1).
 
 The flow is unconditional: section 7 drops the positional encoding and never conditions on the
-class.
+class. resolution: the optional conditioning on context features (section 7) is not implemented;
+context features are scored like any other feature.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ _SUBNET_OUTPUT_FACTOR = 0.1
 
 def subnet_width(n_in: int) -> int:
     """Hidden width of a coupling subnet: max(2 * input, 64), capped at 256 (spec section 7 sizes)."""
+    # resolution: "input" is the subnet's input, |x1| = ceil(D/2) (the original's 2 * (|x1| + 256)
+    # counts the condition, which section 7 drops).
     return min(max(2 * n_in, 64), 256)
 
 
@@ -71,6 +74,7 @@ class AffineCouplingBlock(nn.Module):
             nn.Linear(self.n_cond, hidden), nn.ReLU(), nn.Linear(hidden, 2 * self.n_trans)
         )
         self.global_scale = nn.Parameter(torch.full((dim,), _GLOBAL_SCALE_INIT))
+        # resolution: the spec does not give the offset's init; FrEIA's is 0 (identity at start).
         self.global_offset = nn.Parameter(torch.zeros(dim))
         self.register_buffer("rotation", random_rotation(dim, generator))
 

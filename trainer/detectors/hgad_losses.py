@@ -99,6 +99,8 @@ def intra_centres(centres: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
 
     ``deltas`` is (Y, K-1, D); with K = 1 it is (Y, 0, D) and only the main centre remains.
     """
+    # resolution: the spec writes mu_{y,1} = mu_y without sg, but its table says main centres are
+    # trained by L_g, L_mi and L_e only; the first intra centre is therefore detached as well.
     main = centres.detach().unsqueeze(1)
     return torch.cat([main, main + deltas], dim=1)
 
