@@ -47,7 +47,7 @@ class DeepSAD(PeerDetector):
 
     def __init__(
         self, *, hidden: tuple[int, ...] = (100, 50), rep_dim: int = 32, eta: float = 1.0, anomaly_share: float = 0.125,
-        weight_decay: float = 1e-6, n_epochs: int = 50, n_steps_per_epoch: int = 20, batch_size: int = 512,
+        weight_decay: float = 1e-6, n_epochs: int = 25, n_steps_per_epoch: int = 20, batch_size: int = 512,
         lr: float = 1e-3, max_fit_s: float = 120.0, random_state: int | None = None,
     ) -> None:
         super().__init__(n_epochs=n_epochs, n_steps_per_epoch=n_steps_per_epoch, batch_size=batch_size, lr=lr,

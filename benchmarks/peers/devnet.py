@@ -7,8 +7,10 @@ beat exactly that.
 
 Simplifications vs the paper: the DeepOD-style net (hidden 100-50, ReLU) instead of the
 paper's single 20-unit layer; Adam (lr 1e-3, weight decay 1e-5) instead of RMSprop with an L2
-penalty on the first layer. Kept: balanced batches of 512 (half labelled anomalies drawn with
-replacement), 20 batches per epoch, 5000 N(0, 1) reference draws, margin 5.
+penalty on the first layer; 25 epochs instead of 50 (to fit 16 datasets x 5 seeds on 2 shared
+cores; 500 steps of 512 rows is still more rows seen than DeepOD's 100 epochs on most datasets).
+Kept: balanced batches of 512 (half labelled anomalies drawn with replacement), 20 batches per
+epoch, 5000 N(0, 1) reference draws, margin 5.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ class DevNet(PeerDetector):
 
     def __init__(
         self, *, hidden: tuple[int, ...] = (100, 50), margin: float = 5.0, weight_decay: float = 1e-5,
-        n_epochs: int = 50, n_steps_per_epoch: int = 20, batch_size: int = 512, lr: float = 1e-3,
+        n_epochs: int = 25, n_steps_per_epoch: int = 20, batch_size: int = 512, lr: float = 1e-3,
         max_fit_s: float = 120.0, random_state: int | None = None,
     ) -> None:
         super().__init__(n_epochs=n_epochs, n_steps_per_epoch=n_steps_per_epoch, batch_size=batch_size, lr=lr,

@@ -68,7 +68,7 @@ class FEAWAD(PeerDetector):
     def __init__(
         self, *, hidden: tuple[int, ...] = (100,), code_dim: int = 20, scorer_widths: tuple[int, ...] = (256, 32),
         n_pretrain_epochs: int = 10, rec_margin_factor: float = 5.0, margin: float = 5.0, weight_decay: float = 1e-5,
-        n_epochs: int = 50, n_steps_per_epoch: int = 20, batch_size: int = 512, lr: float = 1e-3,
+        n_epochs: int = 25, n_steps_per_epoch: int = 20, batch_size: int = 512, lr: float = 1e-3,
         max_fit_s: float = 120.0, random_state: int | None = None,
     ) -> None:
         super().__init__(n_epochs=n_epochs, n_steps_per_epoch=n_steps_per_epoch, batch_size=batch_size, lr=lr,

@@ -45,7 +45,7 @@ class RoSAS(PeerDetector):
 
     def __init__(
         self, *, hidden: tuple[int, ...] = (100,), rep_dim: int = 50, n_mix: int = 3, ranking_margin: float = 1.0,
-        ranking_weight: float = 1.0, weight_decay: float = 1e-5, n_epochs: int = 50, n_steps_per_epoch: int = 20,
+        ranking_weight: float = 1.0, weight_decay: float = 1e-5, n_epochs: int = 25, n_steps_per_epoch: int = 20,
         batch_size: int = 512, lr: float = 1e-3, max_fit_s: float = 120.0, random_state: int | None = None,
     ) -> None:
         super().__init__(n_epochs=n_epochs, n_steps_per_epoch=n_steps_per_epoch, batch_size=batch_size, lr=lr,
