@@ -5,7 +5,8 @@ run (several ``--methods`` invocations into one directory) always gets one consi
 
 Ranks: per (dataset, contamination) the methods are ranked by their mean metric over seeds
 (1 = best; ties share the average rank; a method whose every run failed ranks last), and a
-method's mean rank is the average over the groups where it ran.
+method's mean rank is the average over the datasets where *every* method ran, so a method run on
+a few datasets only does not distort the others' ranks (when no dataset has them all, over all).
 """
 from __future__ import annotations
 
@@ -47,12 +48,14 @@ def _ordered_methods(summary: Summary) -> list[str]:
 
 
 def mean_ranks(summary: Summary, metric: str) -> dict[str, float]:
-    """Each method's mean rank (1 = best) by ``metric`` over the (contamination, dataset) groups it ran in."""
+    """Each method's mean rank (1 = best) by ``metric`` over the datasets where all methods ran."""
     by_group: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for (cont, dataset, method), entry in summary.items():
         by_group[(cont, dataset)][method] = entry[metric][0]
+    all_methods = {m for (_, _, m) in summary}
+    complete = [scores for scores in by_group.values() if set(scores) == all_methods]
     ranks: dict[str, list[float]] = defaultdict(list)
-    for scores in by_group.values():
+    for scores in complete or list(by_group.values()):
         methods = list(scores)
         values = np.array([scores[m] if math.isfinite(scores[m]) else -np.inf for m in methods])
         for m, v in zip(methods, values):
@@ -98,16 +101,20 @@ def _markdown(summary: Summary) -> str:
                 lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
             lines.append("")
         rank_trapz, rank_ap, rank_roc = (mean_ranks(sub, m) for m, _ in _METRICS)
-        lines += ["### Mean rank (1 = best) and mean fit time", "",
-                  "| method | rank AUC-PR (trapz) | rank AUC-PR (AP) | rank AUC-ROC | datasets | mean fit s |",
-                  "|---|---|---|---|---|---|"]
+        n_complete = sum(1 for d in datasets if all((cont, d, m) in sub for m in methods))
+        ranked_over = f"the {n_complete} datasets where every method ran" if n_complete else "all datasets (none has every method)"
+        lines += ["### Mean rank (1 = best) and mean fit time", "", f"Ranks over {ranked_over}; seeds and fit time over all runs.", "",
+                  "| method | rank AUC-PR (trapz) | rank AUC-PR (AP) | rank AUC-ROC | datasets | seeds | mean fit s |",
+                  "|---|---|---|---|---|---|---|"]
         for m in sorted(methods, key=lambda m: rank_trapz.get(m, math.inf)):
             if m not in rank_trapz:
                 continue
             n_datasets = sum(1 for (_, _, mm) in sub if mm == m)
             fits = [v["fit_s"][0] for (_, _, mm), v in sub.items() if mm == m and math.isfinite(v["fit_s"][0])]
             fit = f"{np.mean(fits):.1f}" if fits else "—"
-            lines.append(f"| {m} | {rank_trapz[m]:.2f} | {rank_ap[m]:.2f} | {rank_roc[m]:.2f} | {n_datasets} | {fit} |")
+            seeds_m = sorted({v["n_runs"] for (_, _, mm), v in sub.items() if mm == m})
+            seeds_text = "/".join(str(n) for n in seeds_m)
+            lines.append(f"| {m} | {rank_trapz[m]:.2f} | {rank_ap[m]:.2f} | {rank_roc[m]:.2f} | {n_datasets} | {seeds_text} | {fit} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -97,3 +97,12 @@ def test_cli_bench(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 def test_cli_rejects_unknown_method(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bench", "--methods", "nope", "--data-dir", str(tiny_npz.parent), "--out", str(tmp_path)])
     assert code == 2 and "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_mean_ranks_use_datasets_where_every_method_ran() -> None:
+    def row(dataset: str, method: str, value: float) -> dict[str, object]:
+        return {"contamination": "natural", "dataset": dataset, "method": method, "seed": 1, "auc_pr": value,
+                "auc_pr_trapz": value, "auc_roc": value, "fit_s": 1.0, "error": ""}
+
+    rows = [row("d1", "a", 0.9), row("d1", "b", 0.5), row("d2", "a", 0.1), row("d2", "b", 0.2), row("d1", "c", 0.1)]
+    assert mean_ranks(summarise(rows), "auc_pr") == {"a": 1.0, "b": 2.0, "c": 3.0}
