@@ -18,7 +18,7 @@ from ..schemas.settings import load_settings
 __all__ = ["main"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_COMMAND_MODULES = ("demo_cmd", "stack_cmd", "config_cmd", "bench_cmd")
+_COMMAND_MODULES = ("demo_cmd", "stack_cmd", "config_cmd", "score_cmd", "model_cmd", "bench_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-pytest_plugins = ["tests.fixtures.stack"]
+pytest_plugins = ["tests.fixtures.stack", "tests.fixtures.pipeline"]
 
 # Two cores are shared by the broker, Redis, pytest and torch: one torch thread keeps them apart.
 torch.set_num_threads(1)

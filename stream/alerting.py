@@ -1,0 +1,36 @@
+"""Scores over threshold -> Alert messages. Pure; Python objects only for the (few) alerts."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+from ..schemas.alerts import Alert, FeatureContribution, alert_id
+from .decode import DecodedBatch
+from .scoring import ScoredBatch
+
+__all__ = ["build_alerts"]
+
+
+def build_alerts(batch: DecodedBatch, scored: ScoredBatch, *, model_version: str,
+                 feature_names: Sequence[str]) -> list[tuple[bytes, bytes, Alert]]:
+    """(key, value, alert) for every row whose score exceeds its threshold; key = entity."""
+    rows = np.flatnonzero(scored.is_alert)
+    out: list[tuple[bytes, bytes, Alert]] = []
+    for r in rows.tolist():
+        top: list[FeatureContribution] = []
+        if scored.top_features is not None and scored.top_contributions is not None:
+            top = [FeatureContribution(name=feature_names[int(f)], contribution=float(c))
+                   for f, c in zip(scored.top_features[r], scored.top_contributions[r])]
+        alert = Alert(
+            alert_id=alert_id(batch.event_ids[r], model_version),
+            event_id=batch.event_ids[r], entity=batch.entities[r], ts=batch.timestamps[r],
+            score=float(scored.scores[r]), threshold=float(scored.thresholds[r]), model_version=model_version,
+            nearest_prototype=None if scored.nearest_prototype is None else int(scored.nearest_prototype[r]),
+            prototype_distance=None if scored.prototype_distance is None else float(scored.prototype_distance[r]),
+            top_features=top,
+            components={name: float(col[r]) for name, col in scored.components.items()},
+        )
+        out.append((batch.entities[r].encode(), orjson.dumps(alert.model_dump(mode="json")), alert))
+    return out

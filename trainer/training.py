@@ -1,0 +1,64 @@
+"""Fit a candidate from arrays, calibrate its threshold, and build its manifest. No I/O.
+
+The label loop and ``protoguard train`` share these steps, so a model fitted offline and one
+fitted by the scheduler are made the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..schemas.manifest import ModelManifest, ThresholdCalibration
+from .detectors.mnp import MNPDetector
+from .evaluation import threshold_for_budget
+
+__all__ = ["PRODUCT_MNP_PARAMS", "TrainingData", "calibrate", "finalize_manifest", "fit_mnp"]
+
+#: Product defaults for retraining: the fixed variant with the label-frugal validation (no
+#: labelled validation set exists in production); a bounded epoch count keeps a retrain short.
+PRODUCT_MNP_PARAMS: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "max_epochs": 30,
+                                      "pretrain_max_epochs": 30, "patience": 5}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The three sources of a training run (raw, unscaled features in manifest order)."""
+
+    X_unlabelled: npt.NDArray[np.float32]
+    X_anomalies: npt.NDArray[np.float32]
+    X_normals: npt.NDArray[np.float32]
+    feature_names: Sequence[str]
+
+    def summary(self) -> dict[str, int]:
+        return {"n_unlabelled": len(self.X_unlabelled), "n_labelled_anomalies": len(self.X_anomalies),
+                "n_confirmed_normals": len(self.X_normals)}
+
+
+def fit_mnp(data: TrainingData, *, params: dict[str, Any] | None = None, warm_start: MNPDetector | None = None,
+            random_state: int | None = None) -> MNPDetector:
+    """Fit MNP: labelled anomalies as X_A, the reservoir as X_U, confirmed normals with weight 1."""
+    X = np.concatenate([data.X_unlabelled, data.X_anomalies]).astype(np.float32)
+    y = np.concatenate([np.zeros(len(data.X_unlabelled)), np.ones(len(data.X_anomalies))]).astype(np.int64)
+    detector = MNPDetector(**{**PRODUCT_MNP_PARAMS, **(params or {}), "random_state": random_state})
+    X_normal = data.X_normals if len(data.X_normals) else None
+    return detector.fit(X, y, X_normal=X_normal, feature_names=list(data.feature_names), warm_start=warm_start)
+
+
+def calibrate(scores: npt.NDArray[np.float32], *, alert_budget: float) -> tuple[float, ThresholdCalibration]:
+    """Threshold so that ``alert_budget`` of the reference traffic alerts."""
+    threshold = threshold_for_budget(scores, alert_budget)
+    return threshold, ThresholdCalibration(method="alert_budget", target=alert_budget, n_samples=len(scores))
+
+
+def finalize_manifest(manifest: ModelManifest, *, threshold: float, calibration: ThresholdCalibration,
+                      summary: dict[str, Any], metrics: dict[str, Any] | None = None,
+                      parent_version: str | None = None) -> ModelManifest:
+    return manifest.model_copy(update={
+        "threshold": threshold, "calibration": calibration,
+        "training_summary": {**manifest.training_summary, **summary},
+        "metrics": metrics or {}, "parent_version": parent_version,
+    })
