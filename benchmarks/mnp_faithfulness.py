@@ -35,6 +35,7 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 # The reference table names UNSW by its DevNet file name; the shared copy is called differently.
 FILE_FOR = {"UNSW_NB15_traintest_backdoor": "unsw_nb15_backdoor"}
 DEFAULT_SEEDS = (42, 43, 44)
+NOTES_HEADING = "## Notes"
 
 
 def parse_reference(path: Path = REFERENCE_MD) -> dict[str, dict[str, tuple[float, float]]]:
@@ -104,7 +105,10 @@ def write_table(runs: list[dict[str, object]], reference: dict[str, dict[str, tu
         cells += [_fmt([float(r["auc_pr"]) for r in rs]), f"{np.mean([float(r['fit_s']) for r in rs]):.1f}",  # type: ignore[arg-type]
                   ",".join(str(r["epochs"]) for r in rs)]
         lines.append("| " + " | ".join(cells) + " |")
-    out.write_text("\n".join(lines) + "\n")
+    # Hand-written findings below the table survive re-runs.
+    previous = out.read_text() if out.exists() else ""
+    notes = previous[previous.index(NOTES_HEADING):] if NOTES_HEADING in previous else ""
+    out.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
 
 
 def main() -> None:

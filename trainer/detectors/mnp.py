@@ -261,15 +261,16 @@ class MNPDetector(BaseDetector):
             check_is_fitted(warm_start, "network_")
             if warm_start.n_features_in_ != X.shape[1] or warm_start.n_emb != self.n_emb:
                 raise ConfigError("warm_start must be fitted on the same features with the same n_emb.")
+        names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(X.shape[1])]
+        if len(names) != X.shape[1]:
+            raise ConfigError(f"feature_names has {len(names)} names for {X.shape[1]} features.")
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().generate_state(1)[0])
         device = resolve_device(self.device)
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             self._fit(X, y_arr, X_val, y_val, X_normal, warm_start, np.random.default_rng(seed), seed, device)
-        self.feature_names_in_ = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(X.shape[1])]
-        if len(self.feature_names_in_) != X.shape[1]:
-            raise ConfigError(f"feature_names has {len(self.feature_names_in_)} names for {X.shape[1]} features.")
+        self.feature_names_in_ = names
         self.training_summary_["fit_time_s"] = round(time.perf_counter() - started, 3)
         self.training_summary_["random_state"] = seed
         return self
