@@ -99,10 +99,10 @@ def test_cli_rejects_unknown_method(tiny_npz: Path, tmp_path: Path, capsys: pyte
     assert code == 2 and "unknown ['nope']" in capsys.readouterr().err
 
 
-def test_mean_ranks_use_datasets_where_every_method_ran() -> None:
+def test_mean_ranks_rank_a_partial_method_against_the_full_ones() -> None:
     def row(dataset: str, method: str, value: float) -> dict[str, object]:
         return {"contamination": "natural", "dataset": dataset, "method": method, "seed": 1, "auc_pr": value,
                 "auc_pr_trapz": value, "auc_roc": value, "fit_s": 1.0, "error": ""}
 
-    rows = [row("d1", "a", 0.9), row("d1", "b", 0.5), row("d2", "a", 0.1), row("d2", "b", 0.2), row("d1", "c", 0.1)]
-    assert mean_ranks(summarise(rows), "auc_pr") == {"a": 1.0, "b": 2.0, "c": 3.0}
+    rows = [row("d1", "a", 0.9), row("d1", "b", 0.5), row("d2", "a", 0.1), row("d2", "b", 0.2), row("d1", "c", 0.7)]
+    assert mean_ranks(summarise(rows), "auc_pr") == {"a": 1.5, "b": 1.5, "c": 2.0}
