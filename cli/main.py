@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
     )
+    # kafka-python logs every connection attempt at INFO/ERROR; keep it to warnings and worse
+    # unless the user asked for debug output.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL if logging.getLogger().level >= logging.ERROR else logging.WARNING)
     try:
         settings = load_settings(args.config)
         return int(args.handler(args, settings) or 0)

@@ -137,6 +137,7 @@ class ScoringWorker:
     def close(self) -> None:
         try:
             self.producer.flush(timeout=_ACK_TIMEOUT_S)
+            self.producer.close(timeout=_ACK_TIMEOUT_S)
         finally:
             self.consumer.close(autocommit=False)  # leaves the group so partitions move at once
             self.watcher.close()
