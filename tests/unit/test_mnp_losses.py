@@ -93,6 +93,18 @@ def test_dwa_weights_sum_to_one_and_zero_previous_mean() -> None:
     assert float(combined) == pytest.approx(float((dwa_weights(losses, torch.ones(3), 2.0, detach=True) * losses).sum()))
 
 
+def test_stable_dwa_matches_reference_and_survives_a_loss_spike() -> None:
+    losses, prev = torch.tensor([0.5, 0.1, 3.0]), torch.tensor([1.0, 0.2, 2.0])
+    assert torch.allclose(dwa_weights(losses, prev, 2.0, detach=True, stable=True), dwa_weights(losses, prev, 2.0, detach=True))
+    # Seen on 38_thyroid (fixed, frugal): the score loss jumped 260x over its previous epoch mean.
+    spike, tiny = torch.tensor([0.0049, 0.416, 10.15]), torch.tensor([0.0041, 0.0016, 10.11])
+    assert torch.isnan(dwa_combine(spike, tiny, 2.0, detach=True)).item()  # the reference's overflow
+    w = dwa_weights(spike, tiny, 2.0, detach=True, stable=True)
+    assert torch.isfinite(w).all() and float(w.sum()) == pytest.approx(1.0) and float(w[1]) == pytest.approx(1.0)
+    w0 = dwa_weights(spike, torch.tensor([0.0, 1.0, 1.0]), 2.0, detach=True, stable=True)
+    assert float(w0[0]) == 0.0 and float(w0.sum()) == pytest.approx(1.0)
+
+
 def test_dwa_detach_switch_changes_gradient() -> None:
     losses = torch.tensor([0.5, 0.1, 3.0], requires_grad=True)
     grad_fixed = torch.autograd.grad(dwa_combine(losses, torch.ones(3), 2.0, detach=True), losses)[0]

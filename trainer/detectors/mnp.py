@@ -467,6 +467,7 @@ class MNPDetector(BaseDetector):
         es_t = None if es_X is None else torch.from_numpy(es_X).to(device)
         self.history_: list[dict[str, float]] = []
         stop_reason, epoch = "max_epochs", 0
+        last_good = {k: v.detach().clone() for k, v in net.state_dict().items()}
         for epoch in range(1, self.max_epochs + 1):
             net.train()
             sums = torch.zeros(4, device=device)
@@ -482,7 +483,7 @@ class MNPDetector(BaseDetector):
                     prototype_loss(out.s_max[n_a:], out.s_max[:n_a], out.sim[n_a:], omega,
                                    lambda_kl=self.lambda_kl, detach_target=not faithful),
                 ])
-                loss = dwa_combine(losses, prev, self.dwa_temperature, detach=not faithful)
+                loss = dwa_combine(losses, prev, self.dwa_temperature, detach=not faithful, stable=not faithful)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -492,6 +493,13 @@ class MNPDetector(BaseDetector):
             prev = torch.tensor(means[1:], device=device)
             record = {"epoch": epoch, "loss": means[0], "rec": means[1], "score": means[2], "proto": means[3]}
             self.history_.append(record)
+            if not math.isfinite(means[0]):
+                # resolution: a diverged epoch (e.g. the faithful DWA overflow) never becomes the model:
+                # go back to the best checkpoint, or to the end of the last finite epoch without one.
+                net.load_state_dict(stopper.best_state if stopper.best_state is not None else last_good)
+                stop_reason = "non_finite_loss"
+                break
+            last_good = {k: v.detach().clone() for k, v in net.state_dict().items()}
             if es_t is None:
                 continue
             assert es_y is not None

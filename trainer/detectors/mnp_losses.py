@@ -145,22 +145,31 @@ def prototype_loss(
     return contrastive + lambda_kl * kl_clustering_loss(sim_unlabelled, detach_target=detach_target)
 
 
-def dwa_weights(losses: torch.Tensor, previous_means: torch.Tensor, temperature: float, *, detach: bool) -> torch.Tensor:
+def dwa_weights(
+    losses: torch.Tensor, previous_means: torch.Tensor, temperature: float, *, detach: bool, stable: bool = False
+) -> torch.Tensor:
     """kappa_m / sum kappa, kappa_m = exp(L_m / (T Lbar_m)); sums to 1 (spec 6.7).
 
     Differs from canonical DWA as the reference does: the current batch loss over the previous
     epoch's mean, weights summing to 1, and (faithful) kappa not detached. A previous mean of
     exactly 0 gives kappa = 0.
+
+    ``stable=False`` exponentiates as the reference does, so a batch loss ~90x its previous epoch
+    mean overflows float32 to inf and the total becomes NaN (the reference then stops on NaN
+    validation scores). resolution: ``stable=True`` (fixed variant) computes the same ratio as a
+    softmax, which cannot overflow.
     """
     values = losses.detach() if detach else losses
-    safe_prev = torch.where(previous_means == 0, torch.ones_like(previous_means), previous_means)
-    kappa = torch.exp(values / (temperature * safe_prev))
-    kappa = torch.where(previous_means == 0, torch.zeros_like(kappa), kappa)
+    is_zero = previous_means == 0
+    logits = values / (temperature * torch.where(is_zero, torch.ones_like(previous_means), previous_means))
+    if stable:
+        return torch.softmax(logits.masked_fill(is_zero, float("-inf")), dim=0)
+    kappa = torch.where(is_zero, torch.zeros_like(logits), torch.exp(logits))
     return kappa / kappa.sum()
 
 
 def dwa_combine(
-    losses: torch.Tensor, previous_means: torch.Tensor, temperature: float, *, detach: bool
+    losses: torch.Tensor, previous_means: torch.Tensor, temperature: float, *, detach: bool, stable: bool = False
 ) -> torch.Tensor:
     """The balanced total loss sum_m w_m L_m with the DWA weights of :func:`dwa_weights`."""
-    return (dwa_weights(losses, previous_means, temperature, detach=detach) * losses).sum()
+    return (dwa_weights(losses, previous_means, temperature, detach=detach, stable=stable) * losses).sum()
