@@ -130,8 +130,8 @@ def _plot(summary: Summary, path: Path) -> None:
     methods = _ordered_methods(summary)
     contaminations = sorted({c for (c, _, _) in summary}, key=lambda c: (c != "natural", c))
     datasets = sorted({d for (_, d, _) in summary})
-    fig, axes = plt.subplots(len(contaminations), 1, figsize=(max(8, 1.1 * len(datasets) * max(1, len(methods)) / 4), 4 * len(contaminations)),
-                             squeeze=False)
+    width_in = min(24.0, max(8.0, 0.13 * len(datasets) * max(1, len(methods))))
+    fig, axes = plt.subplots(len(contaminations), 1, figsize=(width_in, 5 * len(contaminations)), squeeze=False)
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(datasets))
     cmap = plt.get_cmap("tab20")
@@ -143,9 +143,9 @@ def _plot(summary: Summary, path: Path) -> None:
                    label=m, color=cmap(j % 20), error_kw={"elinewidth": 0.5})
         ax.set_xticks(x, datasets, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("AUC-PR (average precision)")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"Mean AUC-PR over seeds, contamination: {cont}")
-        ax.legend(fontsize=7, ncol=min(6, len(methods)), loc="upper left")
+        ax.set_ylim(0, 1.15)  # headroom for the legend above the bars
+        ax.set_title(f"Mean AUC-PR over seeds (a cell whose runs all failed is drawn at 0), contamination: {cont}")
+        ax.legend(fontsize=8, ncol=len(methods), loc="upper center", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
