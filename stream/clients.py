@@ -5,13 +5,29 @@ manual commits, an explicit offset reset, an idempotent ``acks=all`` producer.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import TopicAlreadyExistsError
 
 __all__ = ["build_admin", "build_consumer", "build_producer", "build_redis", "ensure_topics"]
+
+
+log = logging.getLogger("protoguard.kafka")
+
+
+class _LoggingRebalanceListener(ConsumerRebalanceListener):
+    """Logs partition moves: the first thing an operator asks when a consumer looks stuck."""
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
 def build_redis(url: str) -> redis.Redis:
@@ -51,9 +67,18 @@ def build_consumer(bootstrap_servers: str, group_id: str, *topics: str, **overri
         "max_poll_records": 2048,
         "max_poll_interval_ms": 300_000,
         "fetch_max_wait_ms": 50,
+        # kafka-python can join the group before the topic's metadata is cached; the leader then
+        # assigns nothing and only rejoins on the next metadata refresh (default every 5 min).
+        # A short refresh bounds that stall to seconds (see also the warm-up in build_consumer).
+        "metadata_max_age_ms": 10_000,
     }
     config.update(overrides)
-    return KafkaConsumer(*topics, **config)
+    consumer = KafkaConsumer(**config)
+    for topic in topics:  # warm the metadata cache so the first assignment sees the partitions
+        consumer.partitions_for_topic(topic)
+    if topics:
+        consumer.subscribe(list(topics), listener=_LoggingRebalanceListener())
+    return consumer
 
 
 def build_producer(bootstrap_servers: str, **overrides: Any) -> KafkaProducer:

@@ -98,8 +98,17 @@ class ScoringWorker:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def idle_s(self) -> float:
-        """Seconds since the last batch that held records (for batch-style runs that exit when drained)."""
-        return time.monotonic() - self._last_records_at
+        """Seconds since the last batch that held records, counted only while partitions are held.
+
+        The clock stays at zero until the group has handed this member partitions (joining, or an
+        assignment left empty because the topic's metadata was not visible yet, can take longer than
+        the idle limit on a loaded machine); otherwise a batch-style run could exit before it began.
+        """
+        now = time.monotonic()
+        if not self.consumer.assignment():
+            self._last_records_at = now
+            return 0.0
+        return now - self._last_records_at
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         try:
