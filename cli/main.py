@@ -18,7 +18,7 @@ from ..schemas.settings import load_settings
 __all__ = ["main"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_COMMAND_MODULES = ("demo_cmd", "stack_cmd", "config_cmd", "score_cmd", "model_cmd", "bench_cmd")
+_COMMAND_MODULES = ("demo_cmd", "stack_cmd", "config_cmd", "score_cmd", "loop_cmd", "model_cmd", "bench_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # unless the user asked for debug output.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("kafka").setLevel(logging.CRITICAL if logging.getLogger().level >= logging.ERROR else logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run otherwise
     try:
         settings = load_settings(args.config)
         return int(args.handler(args, settings) or 0)

@@ -45,6 +45,7 @@ class KafkaSettings(_Section):
     dlq_topic: str = "events.dlq"
     n_partitions: int = Field(default=4, ge=1)
     consumer_group: str = "protoguard-scorers"
+    labels_group: str = "protoguard-labels"
     session_timeout_ms: int = Field(default=10_000, ge=6_000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
@@ -79,6 +80,23 @@ class TrainerSettings(_Section):
     lock_timeout_s: int = Field(default=600, gt=0)
     keep_versions: int = Field(default=10, ge=2)
     n_epochs: int = Field(default=30, ge=1)
+    #: how often the trainer checks the new-label count (the label trigger's latency)
+    label_check_s: float = Field(default=5.0, gt=0)
+    #: a scheduled run this long after the previous one (any trainer's) is skipped as already done
+    misfire_grace_s: int = Field(default=300, gt=0)
+    #: the gate needs this many held-back labels, both classes present, to compare two models
+    gate_min_labels: int = Field(default=10, ge=2)
+    #: how much worse (absolute AUC-PR / precision) a candidate may be and still count as "not worse"
+    gate_tolerance: float = Field(default=0.01, ge=0, lt=1)
+    #: "alert_budget": alert this share of recent traffic; "precision_target": lowest threshold whose
+    #: precision on held-back labels reaches ``precision_target`` (falls back to the budget when
+    #: labels are too few), never alerting more than the budget
+    threshold_mode: Literal["alert_budget", "precision_target"] = "alert_budget"
+    precision_target: float = Field(default=0.8, gt=0, le=1)
+    warm_start: bool = True
+    #: MNP's likelihood weighting of the unlabelled pool (off only for ablations)
+    weighting: bool = True
+    random_state: int | None = None
 
 
 class StackSettings(_Section):

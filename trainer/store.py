@@ -6,20 +6,27 @@ needs; the scorer only appends. Every write is one pipeline per micro-batch, nev
 - **FeatureStore**: the features of every scored event, so that a label arriving later can be
   joined to them. Events are grouped into hourly hashes (``HSET`` of the whole batch + one
   ``EXPIRE``) instead of one key per event: one command per batch, and expiry by bucket.
+- **LabelStore**: analysts' labels joined with their events' features, one entry per event_id
+  (a later label replaces an earlier one), plus a change counter the trainer's label trigger reads.
 - **TrafficReservoir**: a uniform reservoir sample (Vitter's algorithm R) of recent unlabelled
   feature vectors, the contaminated pool MNP trains its unlabelled side on. The slot choice runs
   in a Lua script so concurrent scorers share one counter without a race.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import redis
 
-__all__ = ["FeatureStore", "TrafficReservoir", "pack_rows", "unpack_rows"]
+__all__ = ["FeatureStore", "LabelSet", "LabelStore", "LabelWrite", "TrafficReservoir", "is_held_back", "pack_rows",
+           "unpack_rows"]
 
 _SEP = b"\x00"
 #: Bucket width of the feature store: lookups probe ttl/bucket buckets, so an hour keeps that
@@ -86,8 +93,11 @@ class FeatureStore:
         pipe.hset(key, mapping=dict(zip(event_ids, (row.tobytes() for row in X))))
         pipe.expire(key, self.ttl_s + _BUCKET_S)
 
-    def lookup(self, event_ids: Sequence[str], n_features: int, now: float | None = None) -> dict[str, npt.NDArray[np.float32]]:
-        """Features of the given events that are still stored (unknown/expired ids are absent)."""
+    def lookup(self, event_ids: Sequence[str], n_features: int | None, now: float | None = None) -> dict[str, npt.NDArray[np.float32]]:
+        """Features of the given events that are still stored (unknown/expired ids are absent).
+
+        ``n_features=None`` accepts rows of any width (when no model tells the expected width).
+        """
         if not event_ids:
             return {}
         now = time.time() if now is None else now
@@ -99,7 +109,9 @@ class FeatureStore:
         found: dict[str, npt.NDArray[np.float32]] = {}
         for values in pipe.execute():
             for eid, value in zip(event_ids, values):
-                if value is not None and eid not in found and len(value) == 4 * n_features:
+                if value is None or eid in found:
+                    continue
+                if (len(value) % 4 == 0 and len(value)) if n_features is None else len(value) == 4 * n_features:
                     found[eid] = np.frombuffer(value, dtype=np.float32).copy()
         return found
 
@@ -133,3 +145,121 @@ class TrafficReservoir:
 
     def n_seen(self) -> int:
         return int(self.client.get(self.counter_key) or 0)
+
+
+# KEYS: meta, features, seq, order; ARGV: per label: event_id, meta bytes, feature bytes.
+# Returns one code per label: 0 unchanged (a redelivered duplicate), 1 new, 2 replaced.
+_APPLY_LABELS_LUA = """
+local out = {}
+for i = 1, #ARGV, 3 do
+  local eid, meta, feats = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[1], eid)
+  if old == meta then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[1], eid, meta)
+    redis.call('HSET', KEYS[2], eid, feats)
+    local seq = redis.call('INCR', KEYS[3])
+    redis.call('ZADD', KEYS[4], seq, eid)
+    if old then out[#out + 1] = 2 else out[#out + 1] = 1 end
+  end
+end
+return out
+"""
+
+LabelWrite = Literal["unchanged", "new", "replaced"]
+_WRITE_CODES: dict[int, LabelWrite] = {0: "unchanged", 1: "new", 2: "replaced"}
+
+
+def is_held_back(event_id: str, fraction: float) -> bool:
+    """Whether a labelled event belongs to the gate's held-back set instead of training.
+
+    Decided by a hash of the event_id, not at random per run, so an event is held back from
+    *every* model: the champion and the candidate are compared on labels neither trained on.
+    """
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < fraction
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """All stored labels at one moment: ids, 1 = anomaly / 0 = normal, features, change counter."""
+
+    event_ids: list[str]
+    y: npt.NDArray[np.int64]
+    X: npt.NDArray[np.float32]
+    seq: int
+
+    def split(self, holdout_fraction: float) -> tuple[LabelSet, LabelSet]:
+        """(training labels, held-back labels) by :func:`is_held_back`."""
+        mask = np.array([is_held_back(e, holdout_fraction) for e in self.event_ids], dtype=bool)
+        return self._subset(~mask), self._subset(mask)
+
+    def _subset(self, mask: npt.NDArray[np.bool_]) -> LabelSet:
+        ids = [e for e, keep in zip(self.event_ids, mask) if keep]
+        return LabelSet(event_ids=ids, y=self.y[mask], X=self.X[mask], seq=self.seq)
+
+
+class LabelStore:
+    """Labels by event_id with their event's features; applying the same label twice changes nothing.
+
+    Keys under ``{prefix}:labels:``: ``meta`` (event_id -> JSON of label, analyst, ts),
+    ``features`` (event_id -> float32 bytes), ``seq`` (a counter bumped by every new or changed
+    label), ``order`` (event_id by the seq of its last change, newest last) and ``trained_seq``
+    (the ``seq`` the last training run saw; ``seq - trained_seq`` is the new-label count).
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "pg") -> None:
+        self.client = client
+        self.prefix = prefix
+        base = f"{prefix}:labels"
+        self.meta_key, self.features_key = f"{base}:meta", f"{base}:features"
+        self.seq_key, self.order_key, self.trained_key = f"{base}:seq", f"{base}:order", f"{base}:trained_seq"
+        self._apply = client.register_script(_APPLY_LABELS_LUA)
+
+    def apply(self, event_ids: Sequence[str], metas: Sequence[bytes], X: npt.NDArray[np.float32]) -> list[LabelWrite]:
+        """Store labels (``metas`` are canonical JSON bytes); one script call for the whole batch."""
+        if not event_ids:
+            return []
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        args: list[bytes | str] = []
+        for eid, meta, row in zip(event_ids, metas, X):
+            args += [eid, meta, row.tobytes()]
+        codes = self._apply(keys=[self.meta_key, self.features_key, self.seq_key, self.order_key], args=args)
+        return [_WRITE_CODES[int(c)] for c in codes]
+
+    def previous(self, event_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored label JSON of each event (None where unlabelled), for replacement logs."""
+        return list(self.client.hmget(self.meta_key, list(event_ids))) if event_ids else []
+
+    def seq(self) -> int:
+        return int(self.client.get(self.seq_key) or 0)
+
+    def n_new(self) -> int:
+        """Labels added or changed since the last training run."""
+        seq, trained = self.client.mget(self.seq_key, self.trained_key)
+        return int(seq or 0) - int(trained or 0)
+
+    def mark_trained(self, seq: int) -> None:
+        """Record that a training run consumed every label up to ``seq`` (never moves backwards)."""
+        self.client.eval("local c = tonumber(redis.call('GET', KEYS[1]) or '0') "
+                         "if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end return 0",
+                         1, self.trained_key, seq)
+
+    def snapshot(self, n_features: int) -> LabelSet:
+        """Every stored label whose features have ``n_features`` columns (others were for another model)."""
+        seq = self.seq()
+        metas = self.client.hgetall(self.meta_key)
+        features = self.client.hgetall(self.features_key)
+        ids: list[str] = []
+        ys: list[int] = []
+        rows: list[bytes] = []
+        for eid_b, meta in metas.items():
+            row = features.get(eid_b)
+            if row is None or len(row) != 4 * n_features:
+                continue
+            ids.append(eid_b.decode())
+            ys.append(1 if orjson.loads(meta)["label"] == "anomaly" else 0)
+            rows.append(row)
+        X = np.frombuffer(b"".join(rows), dtype=np.float32).reshape(len(rows), n_features).copy()
+        return LabelSet(event_ids=ids, y=np.asarray(ys, dtype=np.int64), X=X, seq=seq)

@@ -1,12 +1,15 @@
 """ModelRegistry on the real Redis: immutable versions, atomic promotion, refusals, rollback, pruning."""
 from __future__ import annotations
 
+import numpy as np
+import orjson
 import pytest
 import redis
 
 from protoguard.schemas.errors import ModelIntegrityError, RegistryError
 from protoguard.schemas.manifest import ModelManifest
 from protoguard.trainer.registry import ModelRegistry
+from protoguard.trainer.store import LabelStore
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +64,22 @@ def test_old_versions_are_pruned_but_current_and_history_kept(redis_client: redi
     kept = {info.version for info in registry.versions()}
     assert versions[0] in kept and versions[4] in kept   # history and current survive
     assert versions[1] not in kept and versions[2] not in kept
+
+
+def test_label_store_is_idempotent_per_event_and_counts_new_labels(redis_client: redis.Redis, unique) -> None:
+    store = LabelStore(redis_client, prefix=unique("lbl"))
+    X = np.arange(12, dtype=np.float32).reshape(3, 4)
+    metas = [orjson.dumps({"label": v}) for v in ("anomaly", "normal", "anomaly")]
+    assert store.apply(["a", "b", "c"], metas, X) == ["new", "new", "new"]
+    assert store.apply(["a", "b"], metas[:2], X[:2]) == ["unchanged", "unchanged"]  # redelivery
+    assert store.n_new() == 3
+    store.mark_trained(store.seq())
+    assert store.n_new() == 0
+    assert store.apply(["b"], [orjson.dumps({"label": "anomaly"})], X[1:2]) == ["replaced"]
+    assert store.n_new() == 1
+    store.mark_trained(1)  # never moves backwards
+    assert store.n_new() == 1
+    snap = store.snapshot(4)
+    assert sorted(snap.event_ids) == ["a", "b", "c"]
+    assert dict(zip(snap.event_ids, snap.y.tolist())) == {"a": 1, "b": 1, "c": 1}
+    assert store.snapshot(5).event_ids == []  # rows of another width are not this model's

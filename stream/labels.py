@@ -1,0 +1,189 @@
+"""LabelWorker: analysts' labels from the labels topic into the label store, joined with features.
+
+A label is only useful with the features of the event it judges, and the scorers stored those
+(``FeatureStore``) when they scored the event. The worker joins the two and writes the pair to
+the ``LabelStore``; a label that cannot be joined (unknown event_id, or its features expired)
+is dead-lettered with that reason, never dropped. Offsets are committed only after the label
+store write and the dead letters' acks, so a crash re-delivers and re-applies (idempotent).
+
+Labels are few (analysts' answers), so each message is validated on its own with pydantic's
+JSON parser; the scorer's batch tricks are not needed here.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from pydantic import ValidationError
+
+from ..schemas.errors import ProtoguardError
+from ..schemas.events import DeadLetter, Label
+from ..schemas.settings import KafkaSettings
+from ..trainer.registry import ModelRegistry
+from ..trainer.store import FeatureStore, LabelStore
+
+__all__ = ["LabelBatchOutcome", "LabelWorker", "decode_labels"]
+
+log = logging.getLogger(__name__)
+
+_ACK_TIMEOUT_S = 60.0
+
+
+class LabelDeliveryError(ProtoguardError):
+    """A dead letter for a label was not acknowledged; the batch is not committed."""
+
+
+@dataclass(frozen=True)
+class _LabelReject:
+    index: int
+    stage: str
+    error_class: str
+    message: str
+
+
+def decode_labels(values: list[bytes | None]) -> tuple[list[tuple[int, Label]], list[_LabelReject]]:
+    """Valid labels with their message index, and rejects with the reason; never raises."""
+    labels: list[tuple[int, Label]] = []
+    rejects: list[_LabelReject] = []
+    for i, value in enumerate(values):
+        if not value:
+            rejects.append(_LabelReject(i, "decode", "EmptyMessage", "decode: empty message value"))
+            continue
+        try:
+            labels.append((i, Label.model_validate_json(value)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            stage = "decode" if err["type"] == "json_invalid" else "validate"
+            loc = ".".join(str(p) for p in err["loc"])
+            rejects.append(_LabelReject(i, stage, "ValidationError", f"{stage}: {loc}: {err['msg']}".replace(": :", ":")))
+    return labels, rejects
+
+
+@dataclass
+class LabelBatchOutcome:
+    n_records: int = 0
+    n_new: int = 0
+    n_replaced: int = 0
+    n_unchanged: int = 0
+    n_dead: int = 0
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class LabelWorker:
+    """The one consumer of the labels topic (its own group); clients are passed in."""
+
+    def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer, *, features: FeatureStore,
+                 labels: LabelStore, registry: ModelRegistry, kafka: KafkaSettings, poll_ms: int = 500) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.features = features
+        self.labels = labels
+        self.registry = registry
+        self.kafka = kafka
+        self.poll_ms = poll_ms
+        self._stopping = False
+        self._last_records_at = time.monotonic()
+
+    def request_stop(self, *_: Any) -> None:
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def idle_s(self) -> float:
+        """Seconds without records while holding partitions (as the scorer's)."""
+        now = time.monotonic()
+        if not self.consumer.assignment():
+            self._last_records_at = now
+            return 0.0
+        return now - self._last_records_at
+
+    def run(self, *, until: Callable[[], bool] | None = None) -> None:
+        try:
+            while not self._stopping and not (until is not None and until()):
+                self.process_one_batch()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(timeout=_ACK_TIMEOUT_S)
+            self.producer.close(timeout=_ACK_TIMEOUT_S)
+        finally:
+            self.consumer.close(autocommit=False)
+
+    def _expected_width(self) -> int | None:
+        """The serving model's feature count: a stored row of another width cannot be trained on."""
+        version = self.registry.current_version()
+        return None if version is None else len(self.registry.manifest(version).feature_names)
+
+    def process_one_batch(self) -> LabelBatchOutcome:
+        polled = self.consumer.poll(timeout_ms=self.poll_ms, max_records=1000)
+        records = [r for part in polled.values() for r in part]
+        outcome = LabelBatchOutcome(n_records=len(records))
+        if not records:
+            return outcome
+        self._last_records_at = time.monotonic()
+        records.sort(key=lambda r: (r.partition, r.offset))
+        parsed, rejects = decode_labels([r.value for r in records])
+
+        latest: dict[str, tuple[int, Label]] = {}
+        for index, label in parsed:  # within a batch the last label per event wins, as across batches
+            latest[label.event_id] = (index, label)
+        ids = list(latest)
+        found = self.features.lookup(ids, self._expected_width())
+        joined = [eid for eid in ids if eid in found]
+        for eid in ids:
+            if eid not in found:
+                rejects.append(_LabelReject(latest[eid][0], "label-join", "UnknownEvent",
+                                            f"label-join: event {eid!r} is unknown or its features expired "
+                                            f"(feature store TTL {self.features.ttl_s} s)"))
+        if joined:
+            metas = [orjson.dumps(latest[e][1].model_dump(mode="json"), option=orjson.OPT_SORT_KEYS) for e in joined]
+            before = self.labels.previous(joined)
+            writes = self.labels.apply(joined, metas, np.stack([found[e] for e in joined]))
+            for eid, write, old in zip(joined, writes, before):
+                if write == "replaced":
+                    log.info("label for event %s replaced: %s -> %s", eid, orjson.loads(old or b"{}").get("label"),
+                             latest[eid][1].label)
+            outcome.n_new = writes.count("new")
+            outcome.n_replaced = writes.count("replaced")
+            outcome.n_unchanged = writes.count("unchanged")
+
+        futures = [self._send_dead_letter(records[r.index], r) for r in rejects]
+        self.producer.flush(timeout=_ACK_TIMEOUT_S)
+        failed = [f for f in futures if not f.succeeded()]
+        if failed:
+            raise LabelDeliveryError(f"{len(failed)} dead letters of the label batch were not acknowledged "
+                                     f"({failed[0].exception!r}); offsets not committed")
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
+        self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        outcome.n_dead, outcome.offsets = len(rejects), offsets
+        if outcome.n_new or outcome.n_replaced or rejects:
+            log.info("labels: %d new, %d replaced, %d duplicates, %d dead-lettered", outcome.n_new,
+                     outcome.n_replaced, outcome.n_unchanged, len(rejects))
+        return outcome
+
+    def _send_dead_letter(self, rec: Any, reject: _LabelReject) -> Any:
+        letter = DeadLetter(
+            original_b64=base64.b64encode(rec.value or b"").decode(), topic=rec.topic, partition=rec.partition,
+            offset=rec.offset, stage=reject.stage, error_class=reject.error_class, error_message=reject.message,
+            ts=datetime.now(UTC),
+        )
+        log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reject.message)
+        return self.producer.send(self.kafka.dlq_topic, key=rec.key, value=orjson.dumps(letter.model_dump(mode="json")),
+                                  headers=[("stage", reject.stage.encode()), ("error_class", reject.error_class.encode())])

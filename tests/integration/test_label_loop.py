@@ -1,0 +1,190 @@
+"""The label loop on the real stack: labels -> label store -> retrain -> gate -> promotion -> scorer."""
+from __future__ import annotations
+
+import signal
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import pytest
+
+from protoguard.schemas.settings import TrainerSettings
+from protoguard.stream.clients import build_producer, build_redis
+from protoguard.trainer.detectors.mnp import MNPDetector
+from protoguard.trainer.retraining import Retrainer, RetrainStores
+from protoguard.trainer.store import FeatureStore, LabelStore, TrafficReservoir
+from protoguard.trainer.training import TrainingData, calibrate, finalize_manifest, fit_mnp
+from tests.fixtures.pipeline import FEATURES, N_FEATURES, Pipeline, alerts_of
+
+pytestmark = pytest.mark.integration
+
+#: a fit of a few seconds: enough to exercise the loop, not a quality claim
+_FAST = {"PROTOGUARD_TRAINER__N_EPOCHS": "10", "PROTOGUARD_TRAINER__GATE_MIN_LABELS": "5",
+         "PROTOGUARD_TRAINER__LABEL_CHECK_S": "0.5", "PROTOGUARD_TRAINER__INTERVAL_S": "86400",
+         "PROTOGUARD_TRAINER__RANDOM_STATE": "0", "PROTOGUARD_STREAM__RESERVOIR_SIZE": "3000",
+         "PROTOGUARD_TRAINER__LOCK_TIMEOUT_S": "30"}
+_FAST_PARAMS = {"n_batches_per_epoch": 8, "n_prototypes": 3, "device": "cpu"}
+
+
+def hidden_anomaly_traffic(n: int, seed: int, anomaly_share: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Three normal modes; anomalies sit 1.5 sigma-units off a mode in every feature, close enough
+    that an almost unsupervised model misses most of them and labels make a measurable difference."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, size=(3, N_FEATURES))
+    y = (rng.random(n) < anomaly_share).astype(np.int64)
+    X = centres[rng.integers(0, 3, n)] + rng.normal(0, 0.5, size=(n, N_FEATURES))
+    X[y == 1] += 1.5 * np.sign(rng.normal(size=(int(y.sum()), N_FEATURES)))
+    return X.astype(np.float32), y
+
+
+def _first_model(p: Pipeline, X: np.ndarray, y: np.ndarray, n_labelled: int, n_epochs: int = 2) -> str:
+    """A first model from ``n_labelled`` labelled anomalies (few labels and epochs make it weak)."""
+    labelled = np.flatnonzero(y == 1)[:n_labelled]
+    rest = np.setdiff1d(np.arange(len(X)), labelled)
+    det = fit_mnp(TrainingData(X_unlabelled=X[rest], X_anomalies=X[labelled], X_normals=X[:0], feature_names=FEATURES),
+                  params={"max_epochs": n_epochs, "pretrain_max_epochs": n_epochs, "validation": "fixed_epochs",
+                          **_FAST_PARAMS}, random_state=0)
+    threshold, calibration = calibrate(det.score(X[rest]), alert_budget=0.05)
+    weights, manifest = det.save()
+    registry = p.registry()
+    version = registry.register(weights, finalize_manifest(manifest, threshold=threshold, calibration=calibration,
+                                                            summary={"first": True}))
+    registry.promote(version)
+    return version
+
+
+def _label_messages(ids: list[str], y: np.ndarray) -> list[bytes]:
+    now = datetime.now(UTC).isoformat()
+    return [orjson.dumps({"event_id": e, "label": "anomaly" if v else "normal", "analyst": "ana", "ts": now})
+            for e, v in zip(ids, y)]
+
+
+def _send(p: Pipeline, topic: str, values: list[bytes]) -> None:
+    producer = build_producer(p.stack.bootstrap_servers)
+    for value in values:
+        producer.send(topic, value=value)
+    producer.flush()
+    producer.close()
+
+
+def _wait_for(predicate, timeout_s: float, what: str, p: Pipeline) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n" + p.scorer_report())
+        time.sleep(0.25)
+
+
+def _seed_stores(p: Pipeline, X: np.ndarray, ids: list[str], labels_y: np.ndarray, labelled: np.ndarray) -> None:
+    """Fill the reservoir and the label store directly (what the scorer and label worker would write)."""
+    client = build_redis(p.stack.redis_url)
+    pipe = client.pipeline(transaction=False)
+    TrafficReservoir(client, prefix=p.prefix, capacity=3000).queue_offer(pipe, ids, X, np.random.default_rng(0))
+    pipe.execute()
+    store = LabelStore(client, prefix=p.prefix)
+    metas = [orjson.dumps({"label": "anomaly" if labels_y[i] else "normal", "n": int(i)}) for i in labelled]
+    store.apply([ids[i] for i in labelled], metas, X[labelled])
+
+
+def test_labels_trigger_a_retrain_whose_promotion_the_scorer_serves(pipeline: Pipeline, tmp_path) -> None:
+    X, y = hidden_anomaly_traffic(6000, seed=21)
+    v1 = _first_model(pipeline, X[:2000], y[:2000], n_labelled=2)
+    scorer = pipeline.start_scorer(idle_exit_s=None, log=tmp_path / "scorer.log")
+    ids, _ = pipeline.produce(X[:4000])
+    pipeline.wait_scored(4000)
+
+    anomalies = np.flatnonzero(y[:4000] == 1)[:40]
+    normals = np.flatnonzero(y[:4000] == 0)[:40]
+    chosen = np.concatenate([anomalies, normals])
+    messages = _label_messages([ids[i] for i in chosen], y[chosen])
+    messages.append(orjson.dumps({"event_id": "never-seen", "label": "anomaly", "analyst": "ana",
+                                  "ts": datetime.now(UTC).isoformat()}))
+    messages.append(b'{"event_id": "x", "label": "maybe"}')
+    messages += messages[:5]  # a redelivered duplicate changes nothing
+    _send(pipeline, pipeline.labels, messages)
+    labeller = pipeline.start_process(["labels", "--exit-when-idle-s", "4"], log=tmp_path / "labels.log")
+    assert labeller.wait(timeout=120) == 0, pipeline.scorer_report()
+
+    store = LabelStore(build_redis(pipeline.stack.redis_url), prefix=pipeline.prefix)
+    assert store.n_new() == len(chosen)
+    dead = [orjson.loads(r.value) for r in pipeline.drain(pipeline.dlq, expect_at_least=2)]
+    assert sorted(d["stage"] for d in dead) == ["label-join", "validate"]
+    assert "never-seen" in next(d["error_message"] for d in dead if d["stage"] == "label-join")
+
+    trainer = pipeline.start_process(["trainer"], log=tmp_path / "trainer.log",
+                                     env={**_FAST, "PROTOGUARD_TRAINER__MIN_NEW_LABELS": "50"})
+    registry = pipeline.registry()
+    _wait_for(lambda: registry.current_version() != v1, 180, "a promoted retrain", pipeline)
+    v2 = registry.current_version()
+    manifest = registry.manifest(v2)
+    assert manifest.parent_version == v1
+    assert manifest.metrics["gate"]["decision"] == "promote"
+    assert manifest.training_summary["n_labelled_anomalies"] + manifest.training_summary["n_confirmed_normals"] \
+        + manifest.training_summary["n_held_back"] == len(chosen)
+    assert store.n_new() == 0
+
+    later, _ = pipeline.produce(X[4000:], start=4000)
+    pipeline.wait_scored(6000)
+    alerts = [a for a in alerts_of(pipeline.drain(pipeline.alerts)) if int(a["event_id"].rsplit("-", 1)[1]) >= 4000]
+    assert alerts and {a["model_version"] for a in alerts} == {v2}
+    for proc in (trainer, scorer):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, pipeline.scorer_report()
+
+
+def test_a_candidate_trained_on_flipped_labels_is_rejected(pipeline: Pipeline) -> None:
+    X, y = hidden_anomaly_traffic(4000, seed=22)
+    v1 = _first_model(pipeline, X, y, n_labelled=40, n_epochs=10)  # a good champion
+    ids = [f"e{i}" for i in range(len(X))]
+    labelled = np.concatenate([np.flatnonzero(y == 1)[:60], np.flatnonzero(y == 0)[:60]])
+    _seed_stores(pipeline, X, ids, y, labelled)
+    client = build_redis(pipeline.stack.redis_url)
+    stores = RetrainStores(client=client, labels=LabelStore(client, prefix=pipeline.prefix),
+                           reservoir=TrafficReservoir(client, prefix=pipeline.prefix, capacity=3000),
+                           registry=pipeline.registry())
+    settings = TrainerSettings(n_epochs=10, gate_min_labels=5, random_state=0, warm_start=False)
+    retrainer = Retrainer(stores, settings, mnp_params=_FAST_PARAMS)
+
+    train, held = stores.labels.snapshot(len(FEATURES)).split(settings.holdout_fraction)
+    _, pool = stores.reservoir.sample(len(FEATURES))
+    flipped = fit_mnp(TrainingData(X_unlabelled=pool, X_anomalies=train.X[train.y == 0], X_normals=train.X[train.y == 1],
+                                   feature_names=FEATURES),
+                      params={**retrainer.mnp_params, **_FAST_PARAMS}, random_state=0)
+    registry = stores.registry
+    champion = MNPDetector.load(*registry.load(v1))
+    bad = retrainer.consider(flipped, champion=champion, champion_version=v1, trigger="test", X_traffic=pool,
+                             held_y=held.y, held_X=held.X, summary={"flipped": True})
+    assert bad.decision == "rejected", bad
+    assert registry.status(bad.version)[0] == "rejected"
+    assert registry.current_version() == v1
+    gate = registry.manifest(bad.version).metrics["gate"]
+    assert gate["decision"] == "reject"
+    assert gate["candidate"]["auc_pr"] < gate["champion"]["auc_pr"]
+
+
+def test_two_trainers_make_one_retrain_per_trigger(pipeline: Pipeline, tmp_path) -> None:
+    X, y = hidden_anomaly_traffic(4000, seed=23)
+    _first_model(pipeline, X[:2000], y[:2000], n_labelled=5)
+    ids = [f"e{i}" for i in range(len(X))]
+    anomalies, normals = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    _seed_stores(pipeline, X, ids, y, np.concatenate([anomalies[:20], normals[:20]]))
+    env = {**_FAST, "PROTOGUARD_TRAINER__MIN_NEW_LABELS": "30"}
+    trainers = [pipeline.start_process(["trainer"], log=tmp_path / f"trainer{i}.log", env=env) for i in range(2)]
+    registry = pipeline.registry()
+    _wait_for(lambda: len(registry.versions()) >= 2, 180, "the first retrain", pipeline)
+    time.sleep(6)  # both trainers checked the label count many times since
+    assert len(registry.versions()) == 2
+
+    client = build_redis(pipeline.stack.redis_url)
+    store = LabelStore(client, prefix=pipeline.prefix)
+    more = np.concatenate([anomalies[20:40], normals[20:40]])
+    store.apply([ids[i] for i in more], [orjson.dumps({"label": "anomaly" if y[i] else "normal"}) for i in more], X[more])
+    _wait_for(lambda: len(registry.versions()) >= 3, 180, "the second retrain", pipeline)
+    time.sleep(6)
+    assert len(registry.versions()) == 3
+    logs = "".join((tmp_path / f"trainer{i}.log").read_text() for i in range(2))
+    assert logs.count("retrain starting") == 2  # one run per trigger, whichever trainer took the lock
+    for proc in trainers:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, pipeline.scorer_report()

@@ -1,0 +1,177 @@
+"""One retraining run of the label loop: gather, fit, calibrate, gate, register, promote or reject.
+
+The data of a run:
+
+- **labelled anomalies** (analysts' ``anomaly`` labels, training part) are MNP's X_A;
+- **the reservoir pool** (a uniform sample of recent scored traffic) is the unlabelled X_U. It
+  is contaminated with anomalies nobody labelled; MNP's likelihood weighting down-weights them;
+- **confirmed normals** (``normal`` labels, training part) join X_U with their likelihood weight
+  pinned to 1 (``MNPDetector.fit(X_normal=...)``): the analyst vouched for them, so the weight that
+  exists to discount suspected anomalies must not discount them. This extends MNP, whose
+  formulation has no slot for confirmed normals (spec section 13).
+
+Pool rows whose event has a label are removed from X_U (the label says where they belong), and
+labels held back for the gate (a stable hash of the event_id) never reach any model's training.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import redis
+
+from ..schemas.manifest import ThresholdCalibration
+from ..schemas.settings import TrainerSettings
+from .detectors.mnp import MNPDetector
+from .evaluation import GateDecision, model_evidence, promotion_gate, threshold_for_budget, threshold_for_precision
+from .registry import ModelRegistry
+from .store import LabelStore, TrafficReservoir
+from .training import TrainingData, finalize_manifest, fit_mnp
+
+__all__ = ["RetrainOutcome", "RetrainStores", "Retrainer", "calibrate_threshold"]
+
+log = logging.getLogger(__name__)
+
+Decision = Literal["promoted", "rejected", "skipped"]
+
+
+@dataclass(frozen=True)
+class RetrainStores:
+    """The Redis-side collaborators of a retrain (clients built by the caller)."""
+
+    client: redis.Redis
+    labels: LabelStore
+    reservoir: TrafficReservoir
+    registry: ModelRegistry
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    trigger: str
+    decision: Decision
+    reason: str
+    version: str | None = None
+    parent_version: str | None = None
+    fit_s: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+
+
+def calibrate_threshold(traffic_scores: npt.NDArray[np.float32], *, settings: TrainerSettings,
+                        y_labels: npt.NDArray[np.int64] | None = None,
+                        label_scores: npt.NDArray[np.float32] | None = None) -> tuple[float, ThresholdCalibration]:
+    """Threshold for the alert budget, or for a precision target when held-back labels allow.
+
+    The precision target is measured on held-back labels, which analysts gave mostly to alerted
+    events, so it is biased towards hard cases; it is therefore only used when at least
+    ``gate_min_labels`` labels with both classes exist, and never allowed to alert more than the
+    budget (the budget is the analysts' capacity).
+    """
+    budget_threshold = threshold_for_budget(traffic_scores, settings.alert_budget)
+    n = len(traffic_scores)
+    if settings.threshold_mode == "precision_target" and y_labels is not None and label_scores is not None:
+        enough = len(y_labels) >= settings.gate_min_labels and 0 < int(y_labels.sum()) < len(y_labels)
+        target = threshold_for_precision(y_labels, label_scores, settings.precision_target) if enough else None
+        if target is not None:
+            return max(target, budget_threshold), ThresholdCalibration(
+                method="precision_target", target=settings.precision_target, n_samples=len(y_labels))
+    return budget_threshold, ThresholdCalibration(method="alert_budget", target=settings.alert_budget, n_samples=n)
+
+
+class Retrainer:
+    """Runs retrains against the stores; the caller holds the leader lock."""
+
+    def __init__(self, stores: RetrainStores, settings: TrainerSettings, *, mnp_params: dict[str, Any] | None = None) -> None:
+        self.stores = stores
+        self.settings = settings
+        self.mnp_params = {"max_epochs": settings.n_epochs, "pretrain_max_epochs": settings.n_epochs,
+                           "weighting": settings.weighting, **(mnp_params or {})}
+        self.state_key = f"{stores.labels.prefix}:trainer:last_run"
+
+    # ------------------------------------------------------------------ state shared by trainers
+    def last_run(self) -> dict[str, Any] | None:
+        raw = self.stores.client.get(self.state_key)
+        return orjson.loads(raw) if raw else None
+
+    def _record(self, outcome: RetrainOutcome) -> RetrainOutcome:
+        state = {"ts": time.time(), "trigger": outcome.trigger, "decision": outcome.decision,
+                 "reason": outcome.reason, "version": outcome.version}
+        self.stores.client.set(self.state_key, orjson.dumps(state))
+        log.info("retrain (%s): %s %s: %s", outcome.trigger, outcome.decision, outcome.version or "", outcome.reason)
+        return outcome
+
+    # ------------------------------------------------------------------ a run
+    def run(self, trigger: str, *, is_leader: Callable[[], bool] = lambda: True) -> RetrainOutcome:
+        registry = self.stores.registry
+        champion_version = registry.current_version()
+        if champion_version is None:
+            return self._record(RetrainOutcome(trigger, "skipped", "no current model: train and promote a first one "
+                                                                    "(protoguard train --register --promote)"))
+        weights, champion_manifest = registry.load(champion_version)
+        champion = MNPDetector.load(weights, champion_manifest)
+        n_features = len(champion_manifest.feature_names)
+
+        labels = self.stores.labels.snapshot(n_features)
+        train, held = labels.split(self.settings.holdout_fraction)
+        pool_ids, X_pool = self.stores.reservoir.sample(n_features)
+        labelled = set(labels.event_ids)
+        keep = np.fromiter((eid not in labelled for eid in pool_ids), dtype=bool, count=len(pool_ids))
+        X_unlabelled = X_pool[keep]
+        data = TrainingData(X_unlabelled=X_unlabelled, X_anomalies=train.X[train.y == 1],
+                            X_normals=train.X[train.y == 0], feature_names=champion_manifest.feature_names)
+        summary = {**data.summary(), "n_held_back": len(held.event_ids), "label_seq": labels.seq, "trigger": trigger}
+        if len(data.X_anomalies) == 0 or len(X_unlabelled) < 10:
+            self.stores.labels.mark_trained(labels.seq)
+            return self._record(RetrainOutcome(trigger, "skipped", "need at least one labelled anomaly (training part) "
+                                                                    "and 10 pool rows", summary=summary))
+        started = time.monotonic()
+        warm = champion if self.settings.warm_start else None
+        candidate = fit_mnp(data, params=self.mnp_params, warm_start=warm, random_state=self.settings.random_state)
+        fit_s = time.monotonic() - started
+        outcome = self.consider(candidate, champion=champion, champion_version=champion_version, trigger=trigger,
+                                X_traffic=X_unlabelled, held_y=held.y, held_X=held.X,
+                                summary={**summary, "fit_s": round(fit_s, 3), "warm_start": warm is not None},
+                                is_leader=is_leader, fit_s=fit_s)
+        self.stores.labels.mark_trained(labels.seq)
+        return outcome
+
+    def consider(self, candidate: MNPDetector, *, champion: MNPDetector | None, champion_version: str | None,
+                 trigger: str, X_traffic: npt.NDArray[np.float32], held_y: npt.NDArray[np.int64],
+                 held_X: npt.NDArray[np.float32], summary: dict[str, Any],
+                 is_leader: Callable[[], bool] = lambda: True, fit_s: float = 0.0) -> RetrainOutcome:
+        """Calibrate, gate against the champion, register, then promote or mark rejected."""
+        registry = self.stores.registry
+        traffic_scores = candidate.score(X_traffic)
+        held_scores = candidate.score(held_X) if len(held_X) else np.empty(0, np.float32)
+        threshold, calibration = calibrate_threshold(traffic_scores, settings=self.settings, y_labels=held_y,
+                                                     label_scores=held_scores)
+        cand_ev = model_evidence(held_y, held_scores, traffic_scores, threshold)
+        champ_ev = None
+        if champion is not None and champion_version is not None:
+            champ_threshold = registry.manifest(champion_version).threshold
+            champ_threshold = float("inf") if champ_threshold is None else champ_threshold
+            champ_ev = model_evidence(held_y, champion.score(held_X) if len(held_X) else np.empty(0, np.float32),
+                                      champion.score(X_traffic), champ_threshold)
+        gate: GateDecision = promotion_gate(cand_ev, champ_ev, alert_budget=self.settings.alert_budget,
+                                            min_labels=self.settings.gate_min_labels, tolerance=self.settings.gate_tolerance)
+        weights, manifest = candidate.save()
+        manifest = finalize_manifest(manifest, threshold=threshold, calibration=calibration, summary=summary,
+                                     metrics={"gate": gate.as_dict()}, parent_version=champion_version)
+        version = registry.register(weights, manifest, note=f"{trigger}: {gate.reason}")
+        if gate.promote and not is_leader():
+            registry.mark(version, "rejected", note="lost the trainer lock before promotion")
+            return self._record(RetrainOutcome(trigger, "rejected", "lost the trainer lock before promotion", version,
+                                               champion_version, fit_s, summary, gate.as_dict()))
+        if gate.promote:
+            registry.promote(version, reason=f"{trigger}: {gate.reason}")
+            return self._record(RetrainOutcome(trigger, "promoted", gate.reason, version, champion_version, fit_s,
+                                               summary, gate.as_dict()))
+        registry.mark(version, "rejected", note=gate.reason)
+        return self._record(RetrainOutcome(trigger, "rejected", gate.reason, version, champion_version, fit_s,
+                                           summary, gate.as_dict()))
