@@ -171,6 +171,22 @@ def test_validation_modes_and_extensions(data, fitted: MNPDetector) -> None:
     np.testing.assert_array_equal(warm.scaler_min_, fitted.scaler_min_)
 
 
+def test_frugal_without_holdout_caps_joint_epochs(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frugal training with no anomaly hold-out runs a fixed epoch count, capped (spec Q5: 50-100)."""
+    from protoguard.trainer.detectors import mnp
+
+    X, y, _, _ = data
+    one_label = y.copy()
+    one_label[np.flatnonzero(y)[1:]] = 0
+    monkeypatch.setattr(mnp, "_FRUGAL_EPOCHS", 2)
+    det = MNPDetector(**{**TINY, "validation": "frugal", "max_epochs": 5}).fit(X, one_label)
+    assert det.training_summary_["early_stopping"] is False
+    assert det.training_summary_["epochs"] == 2 and det.training_summary_["stop_reason"] == "max_epochs"
+    monkeypatch.setattr(mnp, "_FRUGAL_STOPPING", "epochs")
+    det = MNPDetector(**{**TINY, "validation": "frugal", "max_epochs": 5}).fit(X, y)
+    assert det.training_summary_["early_stopping"] is False and det.training_summary_["n_labelled"] == int(y.sum())
+
+
 def test_three_prototypes_beat_one_on_three_normal_modes() -> None:
     """The paper's synthetic setting: anomalies at the centre of three normal modes."""
     X, y, X_test, y_test = three_modes(seed=0)

@@ -81,6 +81,17 @@ def test_kl_sum_is_batch_size_times_mean(sim: torch.Tensor) -> None:
     assert float(total) >= 0.0
 
 
+def test_prototype_loss_kl_reduction_mean_is_per_row(sim: torch.Tensor) -> None:
+    # The fixed variant averages the DEC term per row (spec Q4); faithful keeps the batch sum.
+    s_u, s_a, omega = sim.max(1).values, torch.tensor([0.3]), torch.ones(128)
+    contrastive = prototype_loss(s_u, s_a, sim, omega, lambda_kl=0.0, detach_target=True)
+    summed = prototype_loss(s_u, s_a, sim, omega, lambda_kl=1.0, detach_target=True)
+    averaged = prototype_loss(s_u, s_a, sim, omega, lambda_kl=1.0, detach_target=True, kl_reduction="mean")
+    kl_mean = kl_clustering_loss(sim, detach_target=True, reduction="mean")
+    assert float(averaged) == pytest.approx(float(contrastive + kl_mean), rel=1e-5)
+    assert float(summed - contrastive) == pytest.approx(128 * float(averaged - contrastive), rel=1e-4)
+
+
 def test_dwa_weights_sum_to_one_and_zero_previous_mean() -> None:
     losses = torch.tensor([0.5, 0.1, 3.0])
     w = dwa_weights(losses, torch.tensor([1.0, 0.2, 2.0]), temperature=2.0, detach=True)

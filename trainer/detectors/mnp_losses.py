@@ -133,16 +133,18 @@ def prototype_loss(
     *,
     lambda_kl: float,
     detach_target: bool,
+    kl_reduction: str = "sum",
 ) -> torch.Tensor:
     """L_proto = softplus(S_A - S_U) + lambda_kl KL(P || Q): anomalies far, normals near a prototype.
 
     S_A is the mean s_max of labelled anomalies, S_U the omega-weighted mean s_max of unlabelled rows.
+    ``kl_reduction`` is ``"sum"`` over the batch as the reference (spec Q4) or ``"mean"`` per row.
     """
     s_u = (omega * s_max_unlabelled).mean()
     # resolution: with no labelled anomaly in the batch the contrastive term compares with S_A = 0.
     s_a = s_max_anomalies.mean() if s_max_anomalies.numel() else s_u.new_zeros(())
     contrastive = F.softplus(s_a - s_u)
-    return contrastive + lambda_kl * kl_clustering_loss(sim_unlabelled, detach_target=detach_target)
+    return contrastive + lambda_kl * kl_clustering_loss(sim_unlabelled, detach_target=detach_target, reduction=kl_reduction)
 
 
 def dwa_weights(
