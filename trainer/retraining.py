@@ -134,8 +134,11 @@ class Retrainer:
         warm = champion if self.settings.warm_start else None
         candidate = fit_mnp(data, params=self.mnp_params, warm_start=warm, random_state=self.settings.random_state)
         fit_s = time.monotonic() - started
+        # Thresholds and alert rates are measured on the whole pool: removing the labelled rows (mostly
+        # alerts, mostly attacks) would leave a sample cleaner than real traffic, and a threshold set
+        # on it would alert more than the budget once live.
         outcome = self.consider(candidate, champion=champion, champion_version=champion_version, trigger=trigger,
-                                X_traffic=X_unlabelled, held_y=held.y, held_X=held.X,
+                                X_traffic=X_pool, held_y=held.y, held_X=held.X,
                                 summary={**summary, "fit_s": round(fit_s, 3), "warm_start": warm is not None},
                                 is_leader=is_leader, fit_s=fit_s)
         self.stores.labels.mark_trained(labels.seq)

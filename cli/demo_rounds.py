@@ -1,0 +1,151 @@
+"""The demo's label loop, in one process: scorer, simulated analyst, label consumer, trainer.
+
+Every part is the real component on the real stack (the ScoringWorker, the LabelWorker and the
+TrainerService with its Redis lock), driven round by round instead of as separate processes so
+the demo is deterministic and fits in a few minutes on 2 cores. The simulated analyst answers a
+fixed budget of the round's alerts, highest score first, with the true label, wrong with a
+configured probability. A share of the budget (``audit_share``) goes to a random sample of the
+round's events that did *not* alert, as review teams do to estimate what the detector misses:
+without it every label would be an alert, nearly all attacks, and the held-back labels would
+lack the normals the promotion gate needs to measure precision.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+
+from ..stream.labels import LabelWorker
+from ..stream.replay import encode_events, malformed_messages
+from ..stream.worker import ScoringWorker
+from ..trainer.retraining import RetrainOutcome
+from ..trainer.scheduler import TrainerService
+from .demo_report import RoundRecord
+
+__all__ = ["DemoRounds", "RoundInput", "SimulatedAnalyst"]
+
+
+@dataclass(frozen=True)
+class RoundInput:
+    X: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int64]
+    n_malformed: int = 0
+
+
+class SimulatedAnalyst:
+    """Answers a budget of events per round with the truth (wrong with ``error_rate``)."""
+
+    def __init__(self, *, budget: int, error_rate: float, audit_share: float, rng: np.random.Generator) -> None:
+        self.budget = budget
+        self.error_rate = error_rate
+        self.audit_share = audit_share
+        self.rng = rng
+
+    def choose(self, alerts: list[dict], round_ids: list[str]) -> list[str]:
+        """The top-scored alerts plus a random audit sample of the round's unalerted events."""
+        alerted = {a["event_id"] for a in alerts}
+        quiet = [e for e in round_ids if e not in alerted]
+        n_audit = min(len(quiet), int(round(self.budget * self.audit_share)))
+        top = [a["event_id"] for a in sorted(alerts, key=lambda a: -a["score"])[: self.budget - n_audit]]
+        audit = [quiet[i] for i in self.rng.choice(len(quiet), size=n_audit, replace=False)] if n_audit else []
+        return top + audit
+
+    def answer(self, event_ids: list[str], truth: dict[str, int]) -> tuple[list[bytes], int]:
+        wrong = self.rng.random(len(event_ids)) < self.error_rate
+        now = datetime.now(UTC).isoformat()
+        messages = []
+        for event_id, flip in zip(event_ids, wrong):
+            is_anomaly = bool(truth[event_id]) != bool(flip)
+            messages.append(orjson.dumps({"event_id": event_id, "label": "anomaly" if is_anomaly else "normal",
+                                          "analyst": "simulated", "ts": now}))
+        return messages, int(wrong.sum())
+
+
+class DemoRounds:
+    """Streams rounds through the scorer, lets the analyst answer, consumes labels, retrains."""
+
+    def __init__(self, *, scorer: ScoringWorker, labeller: LabelWorker, trainer: TrainerService,
+                 producer: KafkaProducer, alert_reader: KafkaConsumer, analyst: SimulatedAnalyst,
+                 events_topic: str, labels_topic: str, feature_names: list[str], id_prefix: str) -> None:
+        self.scorer = scorer
+        self.labeller = labeller
+        self.trainer = trainer
+        self.producer = producer
+        self.alert_reader = alert_reader
+        self.analyst = analyst
+        self.events_topic = events_topic
+        self.labels_topic = labels_topic
+        self.feature_names = feature_names
+        self.id_prefix = id_prefix
+        self.truth: dict[str, int] = {}
+        self.n_streamed = 0
+        self.n_scored = 0
+        self.n_dead = 0
+        self.n_malformed = 0
+
+    def _produce(self, rnd: RoundInput) -> list[str]:
+        start = self.n_streamed
+        ids = []
+        for (key, value, event_id), label in zip(encode_events(rnd.X, self.feature_names, id_prefix=self.id_prefix,
+                                                               start=start), rnd.y):
+            self.producer.send(self.events_topic, key=key, value=value)
+            self.truth[event_id] = int(label)
+            ids.append(event_id)
+        for value in malformed_messages(rnd.n_malformed, self.feature_names, seed=start):
+            self.producer.send(self.events_topic, value=value)
+        self.producer.flush()
+        self.n_streamed += len(rnd.X)
+        self.n_malformed += rnd.n_malformed
+        return ids
+
+    def _score(self, n_records: int, timeout_s: float) -> tuple[int, str]:
+        done = n_alerts = 0
+        deadline = time.monotonic() + timeout_s
+        version = ""
+        while done < n_records and time.monotonic() < deadline:
+            self.scorer.watcher.refresh()  # what ScoringWorker.run does each loop: pick up promotions
+            outcome = self.scorer.process_one_batch()
+            done += outcome.n_records
+            n_alerts += outcome.n_alerts
+            self.n_scored += outcome.n_scored
+            self.n_dead += outcome.n_dead
+            version = outcome.model_version or version
+        if done < n_records:
+            raise TimeoutError(f"the scorer handled {done} of {n_records} records in {timeout_s:.0f} s")
+        return n_alerts, version
+
+    def _read_alerts(self, n_expected: int, timeout_s: float = 60) -> list[dict]:
+        alerts: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while len(alerts) < n_expected and time.monotonic() < deadline:
+            for records in self.alert_reader.poll(timeout_ms=500).values():
+                alerts.extend(orjson.loads(r.value) for r in records)
+        return alerts
+
+    def _consume_labels(self, n_expected: int, timeout_s: float = 60) -> None:
+        seen = 0
+        deadline = time.monotonic() + timeout_s
+        while seen < n_expected and time.monotonic() < deadline:
+            seen += self.labeller.process_one_batch().n_records
+
+    def run_round(self, number: int, rnd: RoundInput, *, timeout_s: float = 300) -> tuple[RoundRecord, RetrainOutcome | None]:
+        ids = self._produce(rnd)
+        n_alerts, version = self._score(len(ids) + rnd.n_malformed, timeout_s)
+        alerts = self._read_alerts(n_alerts)
+        messages, n_wrong = self.analyst.answer(self.analyst.choose(alerts, ids), self.truth)
+        for message in messages:
+            self.producer.send(self.labels_topic, value=message)
+        self.producer.flush()
+        self._consume_labels(len(messages))
+        outcome = self.trainer.trigger("labels")
+        if outcome is not None and outcome.decision == "promoted":
+            self.scorer.watcher.refresh(force=True)  # the next round is scored by the new champion
+        record = RoundRecord(round=number, model_version=version, n_events=len(rnd.X), n_alerts=len(alerts),
+                             n_true_alerts=sum(self.truth[a["event_id"]] for a in alerts), n_labels=len(messages),
+                             n_wrong_labels=n_wrong)
+        return record, outcome
