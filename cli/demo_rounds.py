@@ -87,6 +87,7 @@ class DemoRounds:
         self.n_scored = 0
         self.n_dead = 0
         self.n_malformed = 0
+        self.timings: list[dict[str, float]] = []  # seconds per phase and round, for the summary
 
     def _produce(self, rnd: RoundInput) -> list[str]:
         start = self.n_streamed
@@ -134,15 +135,21 @@ class DemoRounds:
             seen += self.labeller.process_one_batch().n_records
 
     def run_round(self, number: int, rnd: RoundInput, *, timeout_s: float = 300) -> tuple[RoundRecord, RetrainOutcome | None]:
+        t0 = time.monotonic()
         ids = self._produce(rnd)
+        t1 = time.monotonic()
         n_alerts, version = self._score(len(ids) + rnd.n_malformed, timeout_s)
+        t2 = time.monotonic()
         alerts = self._read_alerts(n_alerts)
         messages, n_wrong = self.analyst.answer(self.analyst.choose(alerts, ids), self.truth)
         for message in messages:
             self.producer.send(self.labels_topic, value=message)
         self.producer.flush()
         self._consume_labels(len(messages))
+        t3 = time.monotonic()
         outcome = self.trainer.trigger("labels")
+        self.timings.append({"produce_s": round(t1 - t0, 2), "score_s": round(t2 - t1, 2),
+                             "label_s": round(t3 - t2, 2), "retrain_s": round(time.monotonic() - t3, 2)})
         if outcome is not None and outcome.decision == "promoted":
             self.scorer.watcher.refresh(force=True)  # the next round is scored by the new champion
         record = RoundRecord(round=number, model_version=version, n_events=len(rnd.X), n_alerts=len(alerts),
