@@ -95,6 +95,10 @@ def model_evidence(y_holdout: npt.ArrayLike, holdout_scores: npt.ArrayLike, traf
     )
 
 
+def _fmt(value: float) -> str:
+    return "no alerts among them" if not np.isfinite(value) else f"{value:.3f}"
+
+
 @dataclass(frozen=True)
 class GateDecision:
     """Promote or not, why, and the evidence (recorded in the candidate's manifest)."""
@@ -138,6 +142,7 @@ def promotion_gate(candidate: ModelEvidence, champion: ModelEvidence | None, *, 
         checks["precision"] = champion.precision <= tolerance
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
-        detail = ", ".join(f"{n}: candidate {getattr(candidate, n):.3f} vs champion {getattr(champion, n):.3f}" for n in failed)
+        detail = ", ".join(f"{n}: candidate {_fmt(getattr(candidate, n))} vs champion {_fmt(getattr(champion, n))}"
+                           for n in failed)
         return GateDecision(False, f"worse than the champion ({detail})", candidate, champion, checks)
     return GateDecision(True, f"not worse (AUC-PR {candidate.auc_pr:.3f} vs {champion.auc_pr:.3f})", candidate, champion, checks)
