@@ -11,26 +11,21 @@ JSON parser; the scorer's batch tricks are not needed here.
 """
 from __future__ import annotations
 
-import base64
 import logging
-import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from ..schemas.errors import ProtoguardError
-from ..schemas.events import DeadLetter, Label
+from ..schemas.events import Label, RejectStage
 from ..schemas.settings import KafkaSettings
 from ..trainer.registry import ModelRegistry
 from ..trainer.store import FeatureStore, LabelStore
+from .consumer_loop import ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter
 
 __all__ = ["LabelBatchOutcome", "LabelWorker", "decode_labels"]
 
@@ -46,7 +41,7 @@ class LabelDeliveryError(ProtoguardError):
 @dataclass(frozen=True)
 class _LabelReject:
     index: int
-    stage: str
+    stage: RejectStage
     error_class: str
     message: str
 
@@ -79,7 +74,7 @@ class LabelBatchOutcome:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
 
-class LabelWorker:
+class LabelWorker(ConsumerLoop):
     """The one consumer of the labels topic (its own group); clients are passed in."""
 
     def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer, *, features: FeatureStore,
@@ -91,23 +86,7 @@ class LabelWorker:
         self.registry = registry
         self.kafka = kafka
         self.poll_ms = poll_ms
-        self._stopping = False
-        self._last_records_at = time.monotonic()
-
-    def request_stop(self, *_: Any) -> None:
-        self._stopping = True
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-
-    def idle_s(self) -> float:
-        """Seconds without records while holding partitions (as the scorer's)."""
-        now = time.monotonic()
-        if not self.consumer.assignment():
-            self._last_records_at = now
-            return 0.0
-        return now - self._last_records_at
+        super().__init__()
 
     def run(self, *, until: Callable[[], bool] | None = None) -> None:
         try:
@@ -134,7 +113,7 @@ class LabelWorker:
         outcome = LabelBatchOutcome(n_records=len(records))
         if not records:
             return outcome
-        self._last_records_at = time.monotonic()
+        self._saw_records()
         records.sort(key=lambda r: (r.partition, r.offset))
         parsed, rejects = decode_labels([r.value for r in records])
 
@@ -161,29 +140,17 @@ class LabelWorker:
             outcome.n_replaced = writes.count("replaced")
             outcome.n_unchanged = writes.count("unchanged")
 
-        futures = [self._send_dead_letter(records[r.index], r) for r in rejects]
+        futures = [send_dead_letter(self.producer, self.kafka.dlq_topic, records[r.index], stage=r.stage,
+                                    error_class=r.error_class, message=r.message) for r in rejects]
         self.producer.flush(timeout=_ACK_TIMEOUT_S)
         failed = [f for f in futures if not f.succeeded()]
         if failed:
             raise LabelDeliveryError(f"{len(failed)} dead letters of the label batch were not acknowledged "
                                      f"({failed[0].exception!r}); offsets not committed")
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
-        self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        offsets = batch_offsets(records)
+        commit_offsets(self.consumer, offsets)
         outcome.n_dead, outcome.offsets = len(rejects), offsets
         if outcome.n_new or outcome.n_replaced or rejects:
             log.info("labels: %d new, %d replaced, %d duplicates, %d dead-lettered", outcome.n_new,
                      outcome.n_replaced, outcome.n_unchanged, len(rejects))
         return outcome
-
-    def _send_dead_letter(self, rec: Any, reject: _LabelReject) -> Any:
-        letter = DeadLetter(
-            original_b64=base64.b64encode(rec.value or b"").decode(), topic=rec.topic, partition=rec.partition,
-            offset=rec.offset, stage=reject.stage, error_class=reject.error_class, error_message=reject.message,
-            ts=datetime.now(UTC),
-        )
-        log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reject.message)
-        return self.producer.send(self.kafka.dlq_topic, key=rec.key, value=orjson.dumps(letter.model_dump(mode="json")),
-                                  headers=[("stage", reject.stage.encode()), ("error_class", reject.error_class.encode())])

@@ -9,27 +9,22 @@ and that version is in every alert it produces.
 """
 from __future__ import annotations
 
-import base64
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import orjson
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 
 from ..schemas.errors import ProtoguardError
-from ..schemas.events import DeadLetter
 from ..schemas.settings import KafkaSettings, StreamSettings
 from ..trainer.store import FeatureStore, TrafficReservoir
 from .alerting import build_alerts
 from .batching import BatchPolicy
+from .consumer_loop import ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter
 from .decode import DecodedBatch, decode_batch
 from .observability import HealthServer, ScorerMetrics
 from .reload import ModelWatcher
@@ -69,7 +64,7 @@ class WorkerStores:
     reservoir: TrafficReservoir
 
 
-class ScoringWorker:
+class ScoringWorker(ConsumerLoop):
     """One member of the scorer consumer group (clients are built by the caller and passed in)."""
 
     def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer, *, watcher: ModelWatcher,
@@ -85,31 +80,9 @@ class ScoringWorker:
         self.metrics = metrics or ScorerMetrics()
         self.health: HealthServer | None = None
         self._rng = np.random.default_rng(random_state)
-        self._stopping = False
-        self._last_records_at = time.monotonic()
+        super().__init__()
 
     # ---------------------------------------------------------------- lifecycle
-    def request_stop(self, *_: Any) -> None:
-        """SIGTERM/SIGINT: finish the in-flight batch, flush, commit, leave the group."""
-        self._stopping = True
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-
-    def idle_s(self) -> float:
-        """Seconds since the last batch that held records, counted only while partitions are held.
-
-        The clock stays at zero until the group has handed this member partitions (joining, or an
-        assignment left empty because the topic's metadata was not visible yet, can take longer than
-        the idle limit on a loaded machine); otherwise a batch-style run could exit before it began.
-        """
-        now = time.monotonic()
-        if not self.consumer.assignment():
-            self._last_records_at = now
-            return 0.0
-        return now - self._last_records_at
-
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         try:
             redis_ok = bool(self.stores.client.ping())
@@ -176,7 +149,7 @@ class ScoringWorker:
         outcome = BatchOutcome(n_records=len(records), model_version=model.version if model else None)
         if not records or model is None:
             return outcome
-        self._last_records_at = time.monotonic()
+        self._saw_records()
         started = time.monotonic()
         manifest = model.manifest
         decoded = decode_batch([r.value for r in records], manifest.feature_names)
@@ -201,11 +174,8 @@ class ScoringWorker:
             raise DeliveryError(f"{len(failed)} of {len(futures)} sends of the batch were not acknowledged "
                                 f"({failed[0].exception!r}); offsets not committed, the batch will be re-delivered")
 
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
-        self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        offsets = batch_offsets(records)
+        commit_offsets(self.consumer, offsets)
 
         done = time.monotonic()
         self._record_metrics(records, decoded, len(alerts), done - started)
@@ -214,19 +184,8 @@ class ScoringWorker:
         return outcome
 
     def _send_dead_letters(self, records: list[Any], decoded: DecodedBatch) -> list[Any]:
-        futures = []
-        now = datetime.now(UTC)
-        for reject in decoded.rejects:
-            rec = records[reject.index]
-            letter = DeadLetter(
-                original_b64=base64.b64encode(rec.value or b"").decode(), topic=rec.topic, partition=rec.partition,
-                offset=rec.offset, stage=reject.stage, error_class=reject.error_class, error_message=reject.message, ts=now,
-            )
-            log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reject.message)
-            futures.append(self.producer.send(self.kafka.dlq_topic, key=rec.key, value=orjson.dumps(letter.model_dump(mode="json")),
-                                              headers=[("stage", reject.stage.encode()),
-                                                       ("error_class", reject.error_class.encode())]))
-        return futures
+        return [send_dead_letter(self.producer, self.kafka.dlq_topic, records[r.index], stage=r.stage,
+                                 error_class=r.error_class, message=r.message) for r in decoded.rejects]
 
     def _record_metrics(self, records: list[Any], decoded: DecodedBatch, n_alerts: int, seconds: float) -> None:
         m = self.metrics
