@@ -71,13 +71,12 @@ class ModelEvidence:
 
     auc_pr: float  # average precision on the held-back labels (NaN without both classes)
     precision: float  # precision of its alerts among the held-back labels (NaN if none alerts)
-    recall: float  # share of held-back confirmed anomalies it alerts on (NaN without any)
     alert_rate: float  # share of recent unlabelled traffic at or above its threshold
     n_labels: int
     n_anomalies: int
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"auc_pr": self.auc_pr, "precision": self.precision, "recall": self.recall, "alert_rate": self.alert_rate,
+        return {"auc_pr": self.auc_pr, "precision": self.precision, "alert_rate": self.alert_rate,
                 "n_labels": self.n_labels, "n_anomalies": self.n_anomalies}
 
 
@@ -91,7 +90,6 @@ def model_evidence(y_holdout: npt.ArrayLike, holdout_scores: npt.ArrayLike, traf
     return ModelEvidence(
         auc_pr=float(average_precision_score(y, s)) if both else float("nan"),
         precision=float(y[alerted].mean()) if alerted.any() else float("nan"),
-        recall=float(alerted[y == 1].mean()) if (y == 1).any() else float("nan"),
         alert_rate=float((traffic >= threshold).mean()) if len(traffic) else float("nan"),
         n_labels=int(len(y)), n_anomalies=int(y.sum()),
     )
@@ -122,12 +120,8 @@ def promotion_gate(candidate: ModelEvidence, champion: ModelEvidence | None, *, 
     """Promote only a candidate that is measurably not worse than the champion.
 
     Checks: AUC-PR on held-back labels >= champion's - tolerance; precision of its alerts >=
-    champion's - tolerance (when both alert on any held-back event); recall of held-back confirmed
-    anomalies at its threshold >= champion's - tolerance; alert rate on recent traffic <= 1.5 x the
-    budget (a threshold calibrated on a pool that shifted). Recall is there because held-back
-    labels come mostly from past alerts and random audits, which a model separates perfectly
-    more often than not: AUC-PR then ties at 1.0 for both, while a degraded candidate still shows
-    by no longer alerting on attacks the champion catches. Without a
+    champion's - tolerance (when both alert on any held-back event); alert rate on recent
+    traffic <= 1.5 x the budget (a threshold calibrated on a pool that shifted). Without a
     champion the candidate is promoted (the first model). With fewer than ``min_labels``
     held-back labels, or a single class among them, the models cannot be compared and the
     candidate is rejected: no evidence is not "not worse".
@@ -146,8 +140,6 @@ def promotion_gate(candidate: ModelEvidence, champion: ModelEvidence | None, *, 
         checks["precision"] = candidate.precision >= champion.precision - tolerance
     elif np.isfinite(champion.precision):  # the champion alerts on held-back events, the candidate on none
         checks["precision"] = champion.precision <= tolerance
-    if np.isfinite(candidate.recall) and np.isfinite(champion.recall):
-        checks["recall"] = candidate.recall >= champion.recall - tolerance
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         detail = ", ".join(f"{n}: candidate {_fmt(getattr(candidate, n))} vs champion {_fmt(getattr(champion, n))}"

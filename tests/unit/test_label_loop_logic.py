@@ -14,10 +14,8 @@ from protoguard.trainer.retraining import calibrate_threshold
 from protoguard.trainer.store import LabelSet, is_held_back
 
 
-def _ev(auc_pr: float, precision: float = 0.8, alert_rate: float = 0.02, n: int = 40, n_anom: int = 10,
-        recall: float = 0.7) -> ModelEvidence:
-    return ModelEvidence(auc_pr=auc_pr, precision=precision, recall=recall, alert_rate=alert_rate, n_labels=n,
-                         n_anomalies=n_anom)
+def _ev(auc_pr: float, precision: float = 0.8, alert_rate: float = 0.02, n: int = 40, n_anom: int = 10) -> ModelEvidence:
+    return ModelEvidence(auc_pr=auc_pr, precision=precision, alert_rate=alert_rate, n_labels=n, n_anomalies=n_anom)
 
 
 def test_gate_promotes_a_first_model_and_an_equal_or_better_candidate() -> None:
@@ -31,7 +29,6 @@ def test_gate_promotes_a_first_model_and_an_equal_or_better_candidate() -> None:
     (_ev(0.60), "auc_pr"),                     # clearly lower AUC-PR
     (_ev(0.90, precision=0.5), "precision"),   # better ranking but worse precision at its threshold
     (_ev(0.90, alert_rate=0.05), "alert_rate"),  # would flood analysts
-    (_ev(0.80, recall=0.5), "recall"),           # ties on AUC-PR but stops alerting on known attacks
 ])
 def test_gate_rejects_a_worse_candidate_and_names_the_check(candidate: ModelEvidence, reason: str) -> None:
     decision = promotion_gate(candidate, _ev(0.8), alert_budget=0.02, min_labels=10, tolerance=0.01)
@@ -50,7 +47,6 @@ def test_model_evidence_measures_holdout_and_traffic() -> None:
     y = np.array([1, 1, 0, 0, 0])
     ev = model_evidence(y, np.array([0.9, 0.2, 0.8, 0.1, 0.0]), np.linspace(0, 1, 101), threshold=0.75)
     assert ev.precision == pytest.approx(0.5)  # alerts: 0.9 (anomaly), 0.8 (normal)
-    assert ev.recall == pytest.approx(0.5)  # of the anomalies (0.9, 0.2) only 0.9 alerts
     assert ev.alert_rate == pytest.approx(26 / 101)  # 0.75, 0.76, ..., 1.0
     assert 0 < ev.auc_pr < 1 and ev.n_labels == 5 and ev.n_anomalies == 2
     assert math.isnan(model_evidence(y, np.zeros(5), np.zeros(3), threshold=1.0).precision)
