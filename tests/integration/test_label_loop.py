@@ -188,3 +188,24 @@ def test_two_trainers_make_one_retrain_per_trigger(pipeline: Pipeline, tmp_path)
     for proc in trainers:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, pipeline.scorer_report()
+
+
+def test_an_overdue_schedule_runs_once_at_start_however_many_runs_were_missed(pipeline: Pipeline, tmp_path) -> None:
+    X, y = hidden_anomaly_traffic(3000, seed=24)
+    _first_model(pipeline, X[:2000], y[:2000], n_labelled=5)
+    ids = [f"e{i}" for i in range(len(X))]
+    _seed_stores(pipeline, X, ids, y, np.concatenate([np.flatnonzero(y == 1)[:20], np.flatnonzero(y == 0)[:20]]))
+    client = build_redis(pipeline.stack.redis_url)
+    # the last run was ten hourly intervals ago: ten scheduled runs were missed while no trainer ran.
+    # Without catching up, the next run would be an hour away; without coalescing, ten would run now.
+    client.set(f"{pipeline.prefix}:trainer:last_run", orjson.dumps({"ts": time.time() - 36_000, "trigger": "schedule"}))
+    env = {**_FAST, "PROTOGUARD_TRAINER__INTERVAL_S": "3600", "PROTOGUARD_TRAINER__MIN_NEW_LABELS": "1000"}
+    trainer = pipeline.start_process(["trainer"], log=tmp_path / "trainer.log", env=env)
+    registry = pipeline.registry()
+    _wait_for(lambda: len(registry.versions()) >= 2, 120, "the overdue scheduled retrain", pipeline)
+    time.sleep(6)
+    assert len(registry.versions()) == 2  # one run for all the missed ones
+    last = orjson.loads(client.get(f"{pipeline.prefix}:trainer:last_run"))
+    assert last["trigger"] == "schedule" and time.time() - last["ts"] < 60
+    trainer.send_signal(signal.SIGTERM)
+    assert trainer.wait(timeout=120) == 0, pipeline.scorer_report()
