@@ -119,11 +119,8 @@ def _segments(y: npt.NDArray[np.int64], sizes: list[int], contamination: float |
 
 
 def _embedding_map(det: MNPDetector, X: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Events and prototypes in 2-D: PCA of the normalised embeddings (the space the similarity uses)."""
-    net = det.network_.eval()
-    with torch.inference_mode():
-        z = net(det._prepared(X)).z_hat.cpu().numpy()
-        c = torch.nn.functional.normalize(net.prototypes, dim=1).cpu().numpy()
+    """Events and prototypes in 2-D: one PCA fitted on both, so they share the projection."""
+    z, c = det.embed(X)
     pca = PCA(n_components=2, random_state=0).fit(np.concatenate([z, c]))
     return pca.transform(z).astype(np.float32), pca.transform(c).astype(np.float32)
 

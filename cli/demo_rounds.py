@@ -109,8 +109,10 @@ class DemoRounds:
         deadline = time.monotonic() + timeout_s
         version = ""
         while done < n_records and time.monotonic() < deadline:
-            self.scorer.watcher.refresh()  # what ScoringWorker.run does each loop: pick up promotions
-            outcome = self.scorer.process_one_batch()
+            outcome = self.scorer.step()
+            if outcome is None:  # no model to serve yet (cannot happen after the demo's first promotion)
+                time.sleep(0.2)
+                continue
             done += outcome.n_records
             n_alerts += outcome.n_alerts
             self.n_scored += outcome.n_scored

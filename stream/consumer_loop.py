@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class ConsumerLoop:
-    """Stop flag, signal handlers and idle clock for a class that owns ``self.consumer``."""
+    """Stop flag, signal handlers, idle clock and shutdown for a class owning ``consumer`` and ``producer``."""
 
     consumer: KafkaConsumer
+    producer: KafkaProducer
 
     def __init__(self) -> None:
         self._stopping = False
@@ -40,6 +41,14 @@ class ConsumerLoop:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+
+    def close_clients(self, timeout_s: float) -> None:
+        """Flush what is in flight, then leave the group (no auto-commit) so partitions move at once."""
+        try:
+            self.producer.flush(timeout=timeout_s)
+            self.producer.close(timeout=timeout_s)
+        finally:
+            self.consumer.close(autocommit=False)
 
     def _saw_records(self) -> None:
         self._last_records_at = time.monotonic()

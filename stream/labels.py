@@ -96,11 +96,7 @@ class LabelWorker(ConsumerLoop):
             self.close()
 
     def close(self) -> None:
-        try:
-            self.producer.flush(timeout=_ACK_TIMEOUT_S)
-            self.producer.close(timeout=_ACK_TIMEOUT_S)
-        finally:
-            self.consumer.close(autocommit=False)
+        self.close_clients(_ACK_TIMEOUT_S)
 
     def _expected_width(self) -> int | None:
         """The serving model's feature count: a stored row of another width cannot be trained on."""

@@ -102,26 +102,32 @@ class ScoringWorker(ConsumerLoop):
         self.watcher.start()
         try:
             while not self._stopping and not (until is not None and until()):
-                if self.health is not None:
-                    self.health.beat()
-                if self.watcher.refresh():
-                    model = self.watcher.model
-                    assert model is not None
-                    self.metrics.reloads.inc()
-                    self.metrics.set_model(model.version, model.manifest.detector)
-                if self.watcher.model is None:
+                if self.step() is None:
                     time.sleep(0.2)  # nothing to serve yet: do not consume (offsets stay where they are)
-                    continue
-                self.process_one_batch()
         finally:
             self.close()
 
+    def step(self) -> BatchOutcome | None:
+        """One turn of the loop: heartbeat, pick up a promoted model, then one batch (None: no model yet).
+
+        Callers that drive the worker themselves (the demo) use this, so a promotion is picked up
+        and counted exactly as in ``run``.
+        """
+        if self.health is not None:
+            self.health.beat()
+        if self.watcher.refresh():
+            model = self.watcher.model
+            assert model is not None
+            self.metrics.reloads.inc()
+            self.metrics.set_model(model.version, model.manifest.detector)
+        if self.watcher.model is None:
+            return None
+        return self.process_one_batch()
+
     def close(self) -> None:
         try:
-            self.producer.flush(timeout=_ACK_TIMEOUT_S)
-            self.producer.close(timeout=_ACK_TIMEOUT_S)
+            self.close_clients(_ACK_TIMEOUT_S)
         finally:
-            self.consumer.close(autocommit=False)  # leaves the group so partitions move at once
             self.watcher.close()
             if self.health is not None:
                 self.health.stop()

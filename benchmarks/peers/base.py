@@ -24,12 +24,26 @@ from torch import nn
 
 from ...schemas.errors import NotFittedError
 
-__all__ = ["PeerDetector", "deviation_loss", "make_mlp", "run_capped_steps", "sample_balanced"]
+__all__ = ["PeerDetector", "deviation_loss", "make_mlp", "run_capped_steps", "sample_balanced", "toy_weak_labels"]
 
 FloatMatrix = npt.NDArray[np.float32]
 
 #: Rows per forward pass when scoring; keeps memory flat on the 217k-row donors test split.
 _SCORE_CHUNK_ROWS = 65_536
+
+
+def toy_weak_labels(seed: int = 0) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(X, truth, weak labels): 400 normals and 20 anomalies, 3 of them labelled; for doc examples.
+
+    >>> X, y, semi = toy_weak_labels()
+    >>> X.shape, int(y.sum()), int(semi.sum())
+    ((420, 4), 20, 3)
+    """
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.normal(0.3, 0.05, (400, 4)), rng.normal(0.8, 0.05, (20, 4))])
+    y = np.r_[np.zeros(400), np.ones(20)]
+    semi = np.r_[np.zeros(400), np.ones(3), np.zeros(17)]
+    return X, y, semi
 
 
 def make_mlp(n_in: int, hidden: Sequence[int], n_out: int, *, bias: bool = True) -> nn.Sequential:

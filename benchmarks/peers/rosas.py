@@ -32,12 +32,9 @@ class RoSAS(PeerDetector):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sklearn.metrics import roc_auc_score
-    >>> rng = np.random.default_rng(0)
-    >>> X = np.vstack([rng.normal(0.3, 0.05, (400, 4)), rng.normal(0.8, 0.05, (20, 4))])
-    >>> y = np.r_[np.zeros(400), np.ones(20)]
-    >>> semi = np.r_[np.zeros(400), np.ones(3), np.zeros(17)]
+    >>> from protoguard.benchmarks.peers.base import toy_weak_labels
+    >>> X, y, semi = toy_weak_labels()
     >>> det = RoSAS(n_epochs=5, batch_size=64, random_state=0).fit(X, semi)
     >>> round(roc_auc_score(y, det.score(X)), 2)
     1.0

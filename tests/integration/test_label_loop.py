@@ -13,7 +13,7 @@ from protoguard.schemas.settings import TrainerSettings
 from protoguard.stream.clients import build_producer, build_redis
 from protoguard.trainer.detectors.mnp import MNPDetector
 from protoguard.trainer.retraining import Retrainer, RetrainStores
-from protoguard.trainer.store import FeatureStore, LabelStore, TrafficReservoir
+from protoguard.trainer.store import LabelStore, TrafficReservoir
 from protoguard.trainer.training import TrainingData, calibrate, finalize_manifest, fit_mnp
 from tests.fixtures.pipeline import FEATURES, N_FEATURES, Pipeline, alerts_of
 
@@ -72,7 +72,7 @@ def _wait_for(predicate, timeout_s: float, what: str, p: Pipeline) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n" + p.scorer_report())
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n" + p.process_report())
         time.sleep(0.25)
 
 
@@ -104,7 +104,7 @@ def test_labels_trigger_a_retrain_whose_promotion_the_scorer_serves(pipeline: Pi
     messages += messages[:5]  # a redelivered duplicate changes nothing
     _send(pipeline, pipeline.labels, messages)
     labeller = pipeline.start_process(["labels", "--exit-when-idle-s", "4"], log=tmp_path / "labels.log")
-    assert labeller.wait(timeout=120) == 0, pipeline.scorer_report()
+    assert labeller.wait(timeout=120) == 0, pipeline.process_report()
 
     store = LabelStore(build_redis(pipeline.stack.redis_url), prefix=pipeline.prefix)
     assert store.n_new() == len(chosen)
@@ -130,7 +130,7 @@ def test_labels_trigger_a_retrain_whose_promotion_the_scorer_serves(pipeline: Pi
     assert alerts and {a["model_version"] for a in alerts} == {v2}
     for proc in (trainer, scorer):
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0, pipeline.scorer_report()
+        assert proc.wait(timeout=120) == 0, pipeline.process_report()
 
 
 def test_a_candidate_trained_on_flipped_labels_is_rejected(pipeline: Pipeline) -> None:
@@ -187,7 +187,7 @@ def test_two_trainers_make_one_retrain_per_trigger(pipeline: Pipeline, tmp_path)
     assert logs.count("retrain starting") == 2  # one run per trigger, whichever trainer took the lock
     for proc in trainers:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0, pipeline.scorer_report()
+        assert proc.wait(timeout=120) == 0, pipeline.process_report()
 
 
 def test_an_overdue_schedule_runs_once_at_start_however_many_runs_were_missed(pipeline: Pipeline, tmp_path) -> None:
@@ -208,4 +208,4 @@ def test_an_overdue_schedule_runs_once_at_start_however_many_runs_were_missed(pi
     last = orjson.loads(client.get(f"{pipeline.prefix}:trainer:last_run"))
     assert last["trigger"] == "schedule" and time.time() - last["ts"] < 60
     trainer.send_signal(signal.SIGTERM)
-    assert trainer.wait(timeout=120) == 0, pipeline.scorer_report()
+    assert trainer.wait(timeout=120) == 0, pipeline.process_report()

@@ -11,7 +11,8 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ["protoguard.schemas", "protoguard.stream", "protoguard.trainer", "protoguard.trainer.detectors"]
+PACKAGES = ["protoguard.schemas", "protoguard.stream", "protoguard.trainer", "protoguard.trainer.detectors",
+            "protoguard.benchmarks.peers"]
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 
 

@@ -103,6 +103,10 @@ def test_shapes_dtypes_and_ranges(fitted: MNPDetector, data) -> None:
     # Top contributions are the largest per-feature shares of r(x), sorted, and never exceed it.
     assert np.all(ex.top_contributions[:, 0] >= ex.top_contributions[:, 1])
     assert np.all(ex.top_contributions.sum(1) <= ex.reconstruction_error + 1e-6)
+    z, c = fitted.embed(X[:7])  # unit vectors; the nearest prototype by cosine is explain's
+    assert z.shape == (7, 8) and c.shape == (2, 8)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal((z @ c.T).argmax(1), ex.nearest_prototype)
 
 
 def test_likelihood_weights_range(fitted: MNPDetector, data) -> None:

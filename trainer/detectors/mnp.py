@@ -565,6 +565,16 @@ class MNPDetector(BaseDetector):
             s_max = torch.cat([self.network_(Xt[i:i + _SCORE_CHUNK_ROWS]).s_max for i in range(0, len(Xt), _SCORE_CHUNK_ROWS)])
         return torch.sigmoid(self.beta * s_max).float().cpu().numpy()
 
+    def embed(self, X: Any) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Normalised embeddings of the rows and the normalised prototypes: the space the
+        Student-t similarity works in (for maps of events against prototypes)."""
+        Xt = self._prepared(X)
+        net = self.network_.eval()
+        with torch.inference_mode():
+            z = torch.cat([net(Xt[i:i + _SCORE_CHUNK_ROWS]).z_hat for i in range(0, len(Xt), _SCORE_CHUNK_ROWS)])
+            c = torch.nn.functional.normalize(net.prototypes, dim=1)
+        return z.float().cpu().numpy(), c.float().cpu().numpy()
+
     def explain(self, X: Any, n_top: int = 3) -> MNPExplanation:
         """Score, nearest prototype, s_max, r(x) and the features that reconstruct worst, per row."""
         Xt = self._prepared(X)
