@@ -9,18 +9,24 @@ non-finite scores) becomes a row with NaN metrics and the error text instead of 
 
 Methods (names as in the CLI):
 
-- ``mnp``: the product's label-frugal mode (``variant="fixed"``, ``validation="frugal"``);
+- ``mnp``: the product's label-frugal mode (``variant="fixed"``, ``validation="frugal"``, three
+  independent members averaged);
+- ``mnp-m1``: the same with one member (what ``mnp`` was before the members were added);
 - ``mnp-faithful``: the reference code's behaviour (``variant="faithful"``) with the same labels
   as the peers (``validation="frugal"``);
 - ``mnp-reference``: faithful and early-stopped on the fully labelled 5 % validation split, as
   the authors' code (a label leak: 4-8x more labelled anomalies than the peers get);
-- ``mnp-noweight`` / ``mnp-k1``: ablations of ``mnp`` (no likelihood weighting; one prototype);
+- ``mnp-noweight`` / ``mnp-k1``: ablations of ``mnp-m1`` (no likelihood weighting; one prototype);
 - the peers of :mod:`protoguard.benchmarks.peers`: ``devnet``, ``deepsad``, ``prenet``,
   ``feawad``, ``rosas``, ``iforest``, ``hgb``.
 
 ``max_rows`` caps the training part for speed: all labelled anomalies are kept and the unlabelled
 rows are subsampled uniformly (seeded by the run's seed, so all methods of one seed see the same
 rows); the contamination share is kept in expectation and test/validation parts are untouched.
+
+``evaluate_on="val"`` scores the 5 % validation part instead of the test part: a development
+split for design decisions, so that the test part is only read for the reported table. Every method
+except ``mnp-reference`` (refused there) trains without ever seeing the validation part.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +65,8 @@ RESULT_COLUMNS = (
 
 #: MNP settings per method name (all take ``random_state`` and ``device`` on top).
 _MNP_PARAMS: dict[str, dict[str, Any]] = {
-    "mnp": {"variant": "fixed", "validation": "frugal"},
+    "mnp": {"variant": "fixed", "validation": "frugal", "n_members": 3},
+    "mnp-m1": {"variant": "fixed", "validation": "frugal"},
     "mnp-faithful": {"variant": "faithful", "validation": "frugal"},
     "mnp-reference": {"variant": "faithful", "validation": "reference"},
     "mnp-noweight": {"variant": "fixed", "validation": "frugal", "weighting": False},
@@ -107,9 +114,15 @@ def _contamination_key(contamination: float | None) -> str:
     return NATURAL if contamination is None else f"{contamination:g}"
 
 
+EvaluationPart = Literal["test", "val"]
+
+
 def run_one(split: DatasetSplit, method: str, seed: int, *, contamination: float | None = None,
-            max_rows: int | None = None, max_fit_s: float = 120.0) -> dict[str, Any]:
+            max_rows: int | None = None, max_fit_s: float = 120.0, evaluate_on: EvaluationPart = "test") -> dict[str, Any]:
     """Fit and score one method on one split; never raises for a failed fit (the row says why)."""
+    if evaluate_on == "val" and method == "mnp-reference":
+        raise ValueError("mnp-reference early-stops on the validation part, so it cannot be evaluated on it")
+    X_eval, y_eval = (split.X_test, split.y_test) if evaluate_on == "test" else (split.X_val, split.y_val)
     run_split = split if contamination is None else resample_contamination(split, contamination, random_state=seed)
     run_split = subsample_train(run_split, max_rows, random_state=seed)
     row: dict[str, Any] = {
@@ -126,7 +139,7 @@ def run_one(split: DatasetSplit, method: str, seed: int, *, contamination: float
             model.fit(run_split.X_train, run_split.semi_y)
         row["fit_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        scores = np.asarray(model.score(run_split.X_test), dtype=np.float64)
+        scores = np.asarray(model.score(X_eval), dtype=np.float64)
         row["score_s"] = time.perf_counter() - started
     except Exception as exc:  # a broken peer must not end a 40-minute run; the row records it
         row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
@@ -135,7 +148,7 @@ def run_one(split: DatasetSplit, method: str, seed: int, *, contamination: float
     if not np.all(np.isfinite(scores)):
         row["error"] = f"non-finite scores ({int((~np.isfinite(scores)).sum())} of {len(scores)})"
         return row
-    row.update(detection_metrics(run_split.y_test, scores))
+    row.update(detection_metrics(y_eval, scores))
     return row
 
 
@@ -160,7 +173,7 @@ def _done_keys(rows: list[dict[str, Any]]) -> set[tuple[str, str, int, str]]:
 def run_benchmark(
     datasets: Sequence[Path], methods: Sequence[str], seeds: Sequence[int], out_dir: Path, *,
     contaminations: Sequence[float | None] = (None,), max_rows: dict[str, int] | int | None = None,
-    max_fit_s: float = 120.0, console: Console | None = None,
+    max_fit_s: float = 120.0, console: Console | None = None, evaluate_on: EvaluationPart = "test",
 ) -> Path:
     """Run every missing (dataset, method, seed, contamination) and rewrite the report; return results.csv.
 
@@ -193,7 +206,8 @@ def run_benchmark(
                 split = split_reference(path)
             cap = max_rows.get(path.stem) if isinstance(max_rows, dict) else max_rows
             progress.update(task, description=f"{path.stem} {method} seed={seed} c={_contamination_key(contamination)}")
-            row = run_one(split, method, seed, contamination=contamination, max_rows=cap, max_fit_s=max_fit_s)
+            row = run_one(split, method, seed, contamination=contamination, max_rows=cap, max_fit_s=max_fit_s,
+                          evaluate_on=evaluate_on)
             with results_csv.open("a", newline="") as fh:
                 csv.DictWriter(fh, fieldnames=RESULT_COLUMNS).writerow(row)
             progress.console.print(

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--max-rows-for", default=None,
                         help="comma-separated stems that --max-rows applies to (default: every dataset)")
     parser.add_argument("--max-fit-s", type=float, default=120.0, help="wall-clock cap per peer fit in seconds (default 120)")
+    parser.add_argument("--evaluate-on", choices=("test", "val"), default="test",
+                        help="score the test part (default) or the 5 %% validation part: a development split for "
+                             "design decisions, so the test part is read only for the reported table")
     parser.set_defaults(handler=run)
 
 
@@ -72,12 +75,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         contaminations = [None if c == "natural" else float(c) for c in _parse_list(args.contamination, "contamination")]
     except ValueError as exc:
         raise ConfigError(f"--seeds must be ints and --contamination floats or 'natural': {exc}") from exc
+    if args.evaluate_on == "val" and "mnp-reference" in methods:
+        raise ConfigError("--evaluate-on val: mnp-reference early-stops on the validation part; drop it from --methods")
     if any(c is not None and not 0 <= c < 1 for c in contaminations):
         raise ConfigError(f"--contamination values must be in [0, 1); got {args.contamination}")
     max_rows: dict[str, int] | int | None = args.max_rows
     if args.max_rows is not None and args.max_rows_for:
         max_rows = {name: args.max_rows for name in _parse_list(args.max_rows_for, "max-rows-for")}
     results = run_benchmark(datasets, methods, seeds, args.out, contaminations=contaminations, max_rows=max_rows,
-                            max_fit_s=args.max_fit_s)
+                            max_fit_s=args.max_fit_s, evaluate_on=args.evaluate_on)
     print(f"results: {results}\nreport:  {args.out / 'results.md'}\nplot:    {args.out / 'auc_pr.png'}")
     return 0

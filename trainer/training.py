@@ -19,9 +19,10 @@ from .evaluation import threshold_for_budget
 __all__ = ["PRODUCT_MNP_PARAMS", "TrainingData", "calibrate", "finalize_manifest", "fit_mnp"]
 
 #: Product defaults for retraining: the fixed variant with the label-frugal validation (no
-#: labelled validation set exists in production); a bounded epoch count keeps a retrain short.
+#: labelled validation set exists in production), three averaged members (as ``trainer.n_members``);
+#: a bounded epoch count keeps a retrain short.
 PRODUCT_MNP_PARAMS: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "max_epochs": 30,
-                                      "pretrain_max_epochs": 30, "patience": 5}
+                                      "pretrain_max_epochs": 30, "patience": 5, "n_members": 3}
 
 
 @dataclass(frozen=True)

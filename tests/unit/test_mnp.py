@@ -205,3 +205,41 @@ def test_three_prototypes_beat_one_on_three_normal_modes() -> None:
     assert k3["auc_pr"] > 0.95, (k3, k1)
     assert k3["auc_pr"] > k1["auc_pr"] + 0.03, (k3, k1)
 
+
+
+def test_members_are_independent_fits_whose_scores_are_averaged(data) -> None:
+    X, y, X_test, _ = data
+    params = {**TINY, "validation": "frugal", "n_prototypes": None}
+    single = MNPDetector(**params).fit(X, y)
+    det = MNPDetector(**{**params, "n_members": 3}).fit(X, y)
+    assert len(det.members_) == 3 and det.network_ is det.members_[0]
+    # Member 0 is exactly the one-member fit; the others are fitted with their own seeds but member 0's K.
+    np.testing.assert_array_equal(det._forward_scores(det.members_[0], det._prepared(X_test)), single.score(X_test))
+    assert {m.prototypes.shape for m in det.members_} == {(single.n_prototypes_, det.n_emb)}
+    assert len(det.training_summary_["members"]) == 3
+    member_scores = np.stack([det._forward_scores(m, det._prepared(X_test)) for m in det.members_])
+    assert not np.allclose(member_scores[0], member_scores[1])  # members really differ
+    np.testing.assert_allclose(det.score(X_test), member_scores.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(det.explain(X_test).score, det.score(X_test), rtol=1e-6)
+    np.testing.assert_array_equal(MNPDetector(**{**params, "n_members": 3}).fit(X, y).score(X_test), det.score(X_test))
+
+
+def test_members_round_trip_through_safetensors_and_warm_start(data, fitted: MNPDetector) -> None:
+    X, y, X_test, _ = data
+    det = MNPDetector(**{**TINY, "n_members": 2}).fit(X, y)
+    blob, manifest = det.save()
+    loaded = MNPDetector.load(blob, manifest)
+    assert len(loaded.members_) == 2
+    np.testing.assert_array_equal(loaded.score(X_test), det.score(X_test))
+    # A manifest from before n_members existed (one network, no parameter) still loads.
+    old_blob, old_manifest = fitted.save()
+    params = {k: v for k, v in old_manifest.params.items() if k != "n_members"}
+    old = MNPDetector.load(old_blob, old_manifest.model_copy(update={"params": params}))
+    np.testing.assert_array_equal(old.score(X_test), fitted.score(X_test))
+    # Asking for more members than the blob holds is an integrity error, not a silent partial model.
+    lying = manifest.model_copy(update={"params": {**manifest.params, "n_members": 3}})
+    with pytest.raises(ModelIntegrityError, match="lack tensors"):
+        MNPDetector.load(blob, lying)
+    # Warm start from a one-member champion seeds every member from it.
+    warm = MNPDetector(**{**TINY, "n_members": 2, "max_epochs": 1}).fit(X, y, warm_start=fitted)
+    assert len(warm.members_) == 2 and warm.n_prototypes_ == fitted.n_prototypes_

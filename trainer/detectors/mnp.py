@@ -117,6 +117,11 @@ def _as_matrix(X: Any, name: str, n_features: int | None = None) -> FloatMatrix:
     return arr
 
 
+def _member_key(index: int, name: str) -> str:
+    """Safetensors key of one member's tensor: member 0 keeps the plain name."""
+    return name if index == 0 else f"member{index}.{name}"
+
+
 def _validation_error(y: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]) -> tuple[float, bool]:
     """(1 - AUC-PR) + (1 - AUC-ROC) as the reference's early stopping; (value, scores_are_nan)."""
     if not np.all(np.isfinite(scores)):
@@ -149,6 +154,10 @@ class MNPDetector(BaseDetector):
     validation : {"reference", "frugal", "fixed_epochs"}
         "reference" uses a labelled ``X_val``/``y_val`` as the paper's code does; "frugal" needs no
         labels beyond ``y`` (spec Q5 resolution); "fixed_epochs" trains the full budget.
+    n_members : int
+        Independent fits (own pretraining, prototypes, hold-outs; one K) whose scores ``score``
+        averages. Not in the spec: it trades n_members x the fit and scoring time for less
+        seed-to-seed variance when few anomalies are labelled.
     scale : bool
         Fit a MinMax scaler on ``X``; scoring applies ``(x - scaler_min_) / scaler_scale_``.
     Other parameters are the spec's section 9 hyperparameters under their obvious names.
@@ -189,7 +198,7 @@ class MNPDetector(BaseDetector):
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
-        scale: bool = True, device: str = "auto", random_state: int | None = None,
+        n_members: int = 1, scale: bool = True, device: str = "auto", random_state: int | None = None,
     ) -> None:
         self.n_prototypes = n_prototypes
         self.variant = variant
@@ -208,6 +217,7 @@ class MNPDetector(BaseDetector):
         self.lambda_kl = lambda_kl
         self.dwa_temperature = dwa_temperature
         self.validation = validation
+        self.n_members = n_members
         self.scale = scale
         self.device = device
         self.random_state = random_state
@@ -223,7 +233,7 @@ class MNPDetector(BaseDetector):
             fail("variant", "'faithful' or 'fixed'")
         if self.validation not in ("reference", "frugal", "fixed_epochs"):
             fail("validation", "'reference', 'frugal' or 'fixed_epochs'")
-        for name in ("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience"):
+        for name in ("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience", "n_members"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "an int >= 1")
         for name in ("max_epochs", "pretrain_max_epochs"):
@@ -288,7 +298,6 @@ class MNPDetector(BaseDetector):
 
     def _fit(self, X: FloatMatrix, y: npt.NDArray[np.int64], X_val: Any, y_val: Any, X_normal: Any,
              warm_start: MNPDetector | None, rng: np.random.Generator, seed: int, device: torch.device) -> None:
-        faithful = self.variant == "faithful"
         n_features = X.shape[1]
         if warm_start is not None:
             self.scaler_min_, self.scaler_scale_ = warm_start.scaler_min_.copy(), warm_start.scaler_scale_.copy()
@@ -301,16 +310,52 @@ class MNPDetector(BaseDetector):
             self.scaler_scale_ = np.ones(n_features, np.float32)
         self.n_features_in_, self.device_ = n_features, device
         Xs = self._transform(X)
-        anomalies, unlabelled = Xs[y == 1], Xs[y == 0]
         normals = np.empty((0, n_features), np.float32) if X_normal is None else self._transform(_as_matrix(X_normal, "X_normal", n_features))
-
-        es_X = es_y = pre_val = None
+        val = None
         if self.validation == "reference":
             Xv = self._transform(_as_matrix(X_val, "X_val", n_features))
             yv = np.asarray(y_val).astype(np.int64).ravel()
             if len(yv) != len(Xv) or yv.min() == yv.max():
                 raise ConfigError("y_val must label every row of X_val and hold both normals (0) and anomalies (1).")
-            es_X, es_y, pre_val = Xv, yv, Xv[yv == 0]
+            val = (Xv, yv)
+        # resolution (extension, not in the spec; chosen on the validation part, never the test part,
+        # see benchmarks/results/dev/): with n_members > 1 every member is a whole, independent fit
+        # (own pretraining, k-means, hold-outs and batch order, seeded from random_state and its index)
+        # and ``score`` averages them. Members share only K: member 0 chooses it, the others reuse it,
+        # so all members have one architecture. Member 0 is exactly the one-member fit.
+        members, summaries, histories = [], [], []
+        for i in range(self.n_members):
+            member_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+            if i > 0:
+                torch.manual_seed(member_seed)
+            start = None if warm_start is None else warm_start.members_[i % len(warm_start.members_)]
+            net, summary = self._fit_member(Xs[y == 1], Xs[y == 0], normals, val, start,
+                                            rng if i == 0 else np.random.default_rng(member_seed), member_seed, device,
+                                            n_prototypes=self.n_prototypes if i == 0 else self.n_prototypes_)
+            if i == 0:
+                self.n_prototypes_ = int(net.prototypes.shape[0])
+            members.append(net.eval())
+            summaries.append(summary)
+            histories.append(self.history_)
+        summary = summaries[0]
+        if self.n_members > 1:
+            summary["members"] = [{k: m.get(k) for k in ("epochs", "stop_reason", "best_epoch", "best_val_error", "pretrain_epochs")}
+                                  for m in summaries]
+        self.history_ = histories[0]
+        self._set_members(members)
+        self.training_summary_ = summary
+
+    def _fit_member(self, anomalies: FloatMatrix, unlabelled: FloatMatrix, normals: FloatMatrix,
+                    val: tuple[FloatMatrix, npt.NDArray[np.int64]] | None, warm_start: MNPNetwork | None,
+                    rng: np.random.Generator, seed: int, device: torch.device, n_prototypes: int | None,
+                    ) -> tuple[MNPNetwork, dict[str, Any]]:
+        """One whole MNP fit on scaled rows: hold-outs, pretraining, prototypes, joint training."""
+        faithful = self.variant == "faithful"
+        n_features = anomalies.shape[1]
+        es_X = es_y = pre_val = None
+        if val is not None:
+            es_X, es_y = val
+            pre_val = es_X[es_y == 0]
         elif self.validation == "frugal":
             # resolution (spec Q5): hold out 10 % of the unlabelled rows (at most 5000) as "normal"; they
             # early-stop pretraining (label-free) and are left out of k-means.
@@ -336,13 +381,11 @@ class MNPDetector(BaseDetector):
         }
         pre_val_t = None if pre_val is None else torch.from_numpy(pre_val).to(device)
         if warm_start is not None:
-            net = copy.deepcopy(warm_start.network_).to(device)
-            self.n_prototypes_ = warm_start.n_prototypes_
+            net = copy.deepcopy(warm_start).to(device)
         else:
             net, summary["pretrain_epochs"] = self._pretrain(pool_t, pre_val_t, n_features, rng, device, faithful)
-            centres, summary["silhouette"] = self._init_prototypes(net, pool, pool_t, pre_val, seed, faithful)
-            self.n_prototypes_ = int(len(centres))
-            fresh = MNPNetwork(n_features, self.n_emb, self.n_prototypes_).to(device)
+            centres, summary["silhouette"] = self._init_prototypes(net, pool, pool_t, pre_val, seed, faithful, n_prototypes)
+            fresh = MNPNetwork(n_features, self.n_emb, int(len(centres))).to(device)
             fresh.encoder.load_state_dict(net.encoder.state_dict())
             fresh.decoder.load_state_dict(net.decoder.state_dict())
             with torch.no_grad():
@@ -353,12 +396,12 @@ class MNPDetector(BaseDetector):
             n_epochs = min(self.max_epochs, _FRUGAL_EPOCHS)
         summary.update(self._train(net, torch.from_numpy(anomalies).to(device), pool_t,
                                    torch.from_numpy(confirmed).to(device), es_X, es_y, rng, faithful, n_epochs))
-        summary["n_prototypes"] = self.n_prototypes_
-        self._set_network(net.eval())
-        self.training_summary_ = summary
+        summary["n_prototypes"] = int(net.prototypes.shape[0])
+        return net, summary
 
-    def _set_network(self, net: MNPNetwork) -> None:
-        self.network_ = net
+    def _set_members(self, members: list[MNPNetwork]) -> None:
+        self.members_ = members
+        net = self.network_ = members[0]
         self.encoder_, self.decoder_, self.scorer_ = net.encoder, net.decoder, net.scorer
         self.prototypes_ = net.prototypes.detach().cpu().numpy().copy()
 
@@ -419,7 +462,7 @@ class MNPDetector(BaseDetector):
 
     # ------------------------------------------------------------------ stage 2: prototypes
     def _init_prototypes(self, net: MNPNetwork, pool: FloatMatrix, pool_t: torch.Tensor, pre_val: FloatMatrix | None,
-                         seed: int, faithful: bool) -> tuple[npt.NDArray[np.float32], dict[str, float]]:
+                         seed: int, faithful: bool, n_prototypes: int | None) -> tuple[npt.NDArray[np.float32], dict[str, float]]:
         net.eval()
         with torch.inference_mode():
             if self.validation == "reference":
@@ -440,10 +483,10 @@ class MNPDetector(BaseDetector):
                 # on the unit sphere; faithful clusters raw z and normalises afterwards.
                 z = nn.functional.normalize(z, dim=1)
         Z = z.cpu().numpy().astype(np.float64)
-        if self.n_prototypes is not None:
-            if self.n_prototypes > len(Z):
-                raise ConfigError(f"n_prototypes={self.n_prototypes} exceeds the {len(Z)} rows available to k-means.")
-            return self._kmeans(Z, self.n_prototypes, seed)[0], {}
+        if n_prototypes is not None:
+            if n_prototypes > len(Z):
+                raise ConfigError(f"n_prototypes={n_prototypes} exceeds the {len(Z)} rows available to k-means.")
+            return self._kmeans(Z, n_prototypes, seed)[0], {}
         scores: dict[str, float] = {}
         best: tuple[float, npt.NDArray[np.float32]] | None = None
         for k in _SILHOUETTE_K_RANGE:
@@ -554,20 +597,28 @@ class MNPDetector(BaseDetector):
         return torch.from_numpy(self._transform(_as_matrix(X, "X", self.n_features_in_))).to(self.device_)
 
     def score(self, X: Any) -> npt.NDArray[np.float32]:
-        """phi(x) in (0, 1) per row, **higher = more anomalous**; chunked forward passes, no grad."""
+        """phi(x) in (0, 1) per row, **higher = more anomalous** (the members' mean); chunked, no grad."""
         Xt = self._prepared(X)
-        return self._forward_scores(self.network_, Xt)
+        if len(self.members_) == 1:
+            return self._forward_scores(self.network_, Xt)
+        return np.mean([self._forward_scores(m, Xt) for m in self.members_], axis=0).astype(np.float32)
 
     def likelihood_weights(self, X: Any) -> npt.NDArray[np.float32]:
-        """omega-tilde = sigmoid(beta s_max(x)) per row, before batch renormalisation (for reports)."""
+        """omega-tilde = sigmoid(beta s_max(x)) per row, before batch renormalisation, averaged over
+        the members (for reports)."""
         Xt = self._prepared(X)
+        weights = []
         with torch.inference_mode():
-            s_max = torch.cat([self.network_(Xt[i:i + _SCORE_CHUNK_ROWS]).s_max for i in range(0, len(Xt), _SCORE_CHUNK_ROWS)])
-        return torch.sigmoid(self.beta * s_max).float().cpu().numpy()
+            for net in self.members_:
+                net.eval()
+                s_max = torch.cat([net(Xt[i:i + _SCORE_CHUNK_ROWS]).s_max for i in range(0, len(Xt), _SCORE_CHUNK_ROWS)])
+                weights.append(torch.sigmoid(self.beta * s_max).float().cpu().numpy())
+        return np.mean(weights, axis=0).astype(np.float32)
 
     def embed(self, X: Any) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Normalised embeddings of the rows and the normalised prototypes: the space the
-        Student-t similarity works in (for maps of events against prototypes)."""
+        Student-t similarity works in (for maps of events against prototypes). With several
+        members, member 0's space (members' spaces are not aligned, so they cannot be averaged)."""
         Xt = self._prepared(X)
         net = self.network_.eval()
         with torch.inference_mode():
@@ -576,18 +627,29 @@ class MNPDetector(BaseDetector):
         return z.float().cpu().numpy(), c.float().cpu().numpy()
 
     def explain(self, X: Any, n_top: int = 3) -> MNPExplanation:
-        """Score, nearest prototype, s_max, r(x) and the features that reconstruct worst, per row."""
+        """Score, nearest prototype, s_max, r(x) and the features that reconstruct worst, per row.
+
+        With several members, score, reconstruction error and per-feature contributions are the
+        members' means; nearest prototype and similarity are member 0's (prototype ids are per member).
+        """
         Xt = self._prepared(X)
         n_top = max(0, min(n_top, self.n_features_in_))
+        n_members = len(self.members_)
         chunks: list[tuple[torch.Tensor, ...]] = []
-        net = self.network_.eval()
         with torch.inference_mode():
             for i in range(0, len(Xt), _SCORE_CHUNK_ROWS):
                 x = Xt[i:i + _SCORE_CHUNK_ROWS]
-                out = net(x)
-                contrib = per_feature_reconstruction(x, net.reconstruct(x)) / self.n_features_in_
+                score = rec = contrib = None
+                for j, net in enumerate(self.members_):
+                    out = net.eval()(x)
+                    part = per_feature_reconstruction(x, net.reconstruct(x)) / self.n_features_in_
+                    if j == 0:
+                        first, score, rec, contrib = out, out.score, out.rec, part
+                    else:
+                        score, rec, contrib = score + out.score, rec + out.rec, contrib + part
+                contrib = contrib / n_members
                 top = torch.topk(contrib, n_top, dim=1)
-                chunks.append((out.score, out.sim.argmax(1), out.s_max, out.rec, top.indices, top.values))
+                chunks.append((score / n_members, first.sim.argmax(1), first.s_max, rec / n_members, top.indices, top.values))
         cols = [torch.cat(c).cpu().numpy() for c in zip(*chunks)] if chunks else [np.empty((0, n_top))] * 6
         return MNPExplanation(
             score=cols[0].astype(np.float32), nearest_prototype=cols[1].astype(np.int64).reshape(-1),
@@ -599,7 +661,9 @@ class MNPDetector(BaseDetector):
     def save(self) -> tuple[bytes, ModelManifest]:
         """Safetensors bytes of E, G, prototypes and phi, plus a manifest with the scaler and sha256."""
         check_is_fitted(self, "network_")
-        blob = tensors_to_bytes(dict(self.network_.state_dict()))
+        # Member 0 under the plain names (a one-member file is what earlier versions wrote), others prefixed.
+        tensors = {_member_key(i, k): v for i, net in enumerate(self.members_) for k, v in net.state_dict().items()}
+        blob = tensors_to_bytes(tensors)
         manifest = ModelManifest(
             detector="mnp", params=self.get_params(), feature_names=list(self.feature_names_in_),
             scaler=ScalerStats(kind="minmax", offset=[float(v) for v in self.scaler_min_],
@@ -618,21 +682,27 @@ class MNPDetector(BaseDetector):
         n_features, k = len(manifest.feature_names), manifest.n_prototypes
         if k is None or manifest.scaler is None or len(manifest.scaler.offset) != n_features:
             raise ModelIntegrityError("manifest lacks n_prototypes or a scaler matching its feature names")
-        net = MNPNetwork(n_features, det.n_emb, k)
-        tensors = tensors_from_bytes(weights, manifest, expected=set(net.state_dict()))
+        # Manifests written before n_members existed describe one network.
+        det.n_members = int(manifest.params.get("n_members", 1))
+        members = [MNPNetwork(n_features, det.n_emb, k) for _ in range(det.n_members)]
+        expected = {_member_key(i, name) for i, net in enumerate(members) for name in net.state_dict()}
+        tensors = tensors_from_bytes(weights, manifest, expected=expected)
+        if set(tensors) != expected:
+            raise ModelIntegrityError(f"weights hold unexpected tensors {sorted(set(tensors) - expected)[:5]}")
         if tensors["encoder.0.weight"].shape[1] != n_features:
             raise ModelIntegrityError(
                 f"weights expect {tensors['encoder.0.weight'].shape[1]} features, manifest names {n_features}"
             )
-        try:
-            net.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
-            raise ModelIntegrityError(f"weights do not fit the MNP architecture: {exc}") from exc
+        for i, net in enumerate(members):
+            try:
+                net.load_state_dict({name: tensors[_member_key(i, name)] for name in net.state_dict()}, strict=True)
+            except RuntimeError as exc:
+                raise ModelIntegrityError(f"weights do not fit the MNP architecture: {exc}") from exc
         det.device_ = resolve_device(det.device)
         det.n_features_in_, det.n_prototypes_ = n_features, k
         det.feature_names_in_ = list(manifest.feature_names)
         det.scaler_min_ = np.asarray(manifest.scaler.offset, np.float32)
         det.scaler_scale_ = np.asarray(manifest.scaler.scale, np.float32)
         det.training_summary_, det.history_ = dict(manifest.training_summary), []
-        det._set_network(net.to(det.device_).eval())
+        det._set_members([net.to(det.device_).eval() for net in members])
         return det
