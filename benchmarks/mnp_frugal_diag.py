@@ -32,7 +32,8 @@ def set_patch(p):
     L.kl_clustering_loss = (lambda sim, **k: _kl(sim, **{**k, "reduction": "mean"})) if "klmean" in p else _kl
     fr, ip = M.MNPDetector.__dict__["_fit_reconstruction_o"], M.MNPDetector.__dict__["_init_prototypes_o"]
     M.MNPDetector._fit_reconstruction = (lambda self, *a: fr(self, *a[:-1], True)) if "pre" in p else fr
-    M.MNPDetector._init_prototypes = (lambda self, *a: ip(self, *a[:-1], True)) if "km" in p else ip
+    # _init_prototypes(net, pool, pool_t, pre_val, seed, faithful, n_prototypes): force faithful=True
+    M.MNPDetector._init_prototypes = (lambda self, *a: ip(self, *a[:5], True, a[6])) if "km" in p else ip
 import protoguard.trainer.detectors.mnp_losses as L0
 _kl = L0.kl_clustering_loss
 M.MNPDetector._fit_reconstruction_o = M.MNPDetector._fit_reconstruction

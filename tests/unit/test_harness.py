@@ -106,3 +106,18 @@ def test_mean_ranks_rank_a_partial_method_against_the_full_ones() -> None:
 
     rows = [row("d1", "a", 0.9), row("d1", "b", 0.5), row("d2", "a", 0.1), row("d2", "b", 0.2), row("d1", "c", 0.7)]
     assert mean_ranks(summarise(rows), "auc_pr") == {"a": 1.5, "b": 1.5, "c": 2.0}
+
+
+def test_evaluate_on_val_scores_the_validation_part_and_refuses_mnp_reference(tiny_npz: Path) -> None:
+    split = split_reference(tiny_npz)
+    test_row = run_one(split, "iforest", 1)
+    val_row = run_one(split, "iforest", 1, evaluate_on="val")
+    assert test_row["auc_pr"] != val_row["auc_pr"]  # a different part was scored (same fitted model)
+    with pytest.raises(ValueError, match="early-stops on the validation part"):
+        run_one(split, "mnp-reference", 1, evaluate_on="val")
+
+
+def test_cli_refuses_mnp_reference_on_val(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--data-dir", str(tiny_npz.parent), "--methods", "mnp-reference", "--seeds", "1",
+                 "--evaluate-on", "val", "--out", str(tmp_path / "o")])
+    assert code != 0 and "mnp-reference early-stops" in capsys.readouterr().err
