@@ -60,14 +60,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--members", type=int, default=PRODUCT_MNP_PARAMS["n_members"],
+                        help=f"n_members (default the product's {PRODUCT_MNP_PARAMS['n_members']})")
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    params = {**PRODUCT_MNP_PARAMS, "n_members": args.members}
     console = Console(width=140)  # the table stays readable when piped to a log
     split = split_reference(args.data)
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        det = MNPDetector(**{**PRODUCT_MNP_PARAMS, "device": args.device, "random_state": seed})
+        det = MNPDetector(**{**params, "device": args.device, "random_state": seed})
         started = time.perf_counter()
         det.fit(split.X_train, split.semi_y)
         fit_s = time.perf_counter() - started
@@ -88,7 +91,7 @@ def main() -> None:
         "n_labelled": int(split.semi_y.sum()), "n_scored": len(split.X_test), "batch": args.batch,
         "repeats": args.repeats, "torch_threads": args.threads, "device": str(det.device_),
         "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "params": PRODUCT_MNP_PARAMS,
+        "torch": torch.__version__, "params": params,
         "fit_s_mean": round(statistics.mean(fits), 2), "fit_s_std": round(statistics.pstdev(fits), 2),
         "events_per_s_mean": round(statistics.mean(eps)), "events_per_s_std": round(statistics.pstdev(eps)),
         "runs": runs,
