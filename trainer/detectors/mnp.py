@@ -164,7 +164,8 @@ class MNPDetector(BaseDetector):
 
     Attributes
     ----------
-    network_, encoder_, decoder_, scorer_ : torch modules of the fitted model.
+    members_ : list of MNPNetwork, one per member; network_ is members_[0].
+    network_, encoder_, decoder_, scorer_ : torch modules of the fitted model (member 0).
     prototypes_ : ndarray (K, n_emb), raw (unnormalised) prototypes.
     n_prototypes_, n_features_in_, feature_names_in_, scaler_min_, scaler_scale_, device_.
     history_ : list of dict, per-epoch mean losses ("loss", "rec", "score", "proto") and "val_error".
