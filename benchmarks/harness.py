@@ -17,6 +17,7 @@ Methods (names as in the CLI):
 - ``mnp-reference``: faithful and early-stopped on the fully labelled 5 % validation split, as
   the authors' code (a label leak: 4-8x more labelled anomalies than the peers get);
 - ``mnp-noweight`` / ``mnp-k1``: ablations of ``mnp-m1`` (no likelihood weighting; one prototype);
+- ``mnp-noweight-m3``: ``mnp`` (three members) without likelihood weighting;
 - the peers of :mod:`protoguard.benchmarks.peers`: ``devnet``, ``deepsad``, ``prenet``,
   ``feawad``, ``rosas``, ``iforest``, ``hgb``.
 
@@ -71,6 +72,7 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-reference": {"variant": "faithful", "validation": "reference"},
     "mnp-noweight": {"variant": "fixed", "validation": "frugal", "weighting": False},
     "mnp-k1": {"variant": "fixed", "validation": "frugal", "n_prototypes": 1},
+    "mnp-noweight-m3": {"variant": "fixed", "validation": "frugal", "weighting": False, "n_members": 3},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
