@@ -76,6 +76,7 @@ def test_flow_inverts_to_1e_4(fitted: HGADDetector) -> None:
     for flow in flows:
         dim = flow.blocks[0].dim
         x = torch.randn(256, dim, generator=torch.Generator().manual_seed(0)) * 2.0
+        x = x.to(next(flow.parameters()).device)  # the fitted flow lives on CUDA where one is present
         with torch.no_grad():
             z, log_det = flow(x)
             x_back = flow.inverse(z)
