@@ -19,7 +19,10 @@ from kafka.structs import OffsetAndMetadata
 
 from ..schemas.events import DeadLetter, RejectStage
 
-__all__ = ["ConsumerLoop", "batch_offsets", "commit_offsets", "send_dead_letter"]
+__all__ = ["ACK_TIMEOUT_S", "ConsumerLoop", "batch_offsets", "commit_offsets", "send_dead_letter", "unacknowledged"]
+
+#: How long a batch (and a shutdown) waits for the broker to acknowledge its sends.
+ACK_TIMEOUT_S = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,13 @@ def batch_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
         tp = TopicPartition(r.topic, r.partition)
         offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
     return offsets
+
+
+def unacknowledged(producer: KafkaProducer, futures: Sequence[Any], timeout_s: float = ACK_TIMEOUT_S) -> list[Any]:
+    """Flush, then return the sends the broker did not acknowledge. A batch commits its offsets only
+    when this is empty (at least once: otherwise its records are delivered again)."""
+    producer.flush(timeout=timeout_s)
+    return [f for f in futures if not f.succeeded()]
 
 
 def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:

@@ -25,13 +25,12 @@ from ..schemas.events import Label, RejectStage
 from ..schemas.settings import KafkaSettings
 from ..trainer.registry import ModelRegistry
 from ..trainer.store import FeatureStore, LabelStore
-from .consumer_loop import ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter
+from .consumer_loop import ACK_TIMEOUT_S, ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter, unacknowledged
 
 __all__ = ["LabelBatchOutcome", "LabelWorker", "decode_labels"]
 
 log = logging.getLogger(__name__)
 
-_ACK_TIMEOUT_S = 60.0
 
 
 class LabelDeliveryError(ProtoguardError):
@@ -96,7 +95,7 @@ class LabelWorker(ConsumerLoop):
             self.close()
 
     def close(self) -> None:
-        self.close_clients(_ACK_TIMEOUT_S)
+        self.close_clients(ACK_TIMEOUT_S)
 
     def _expected_width(self) -> int | None:
         """The serving model's feature count: a stored row of another width cannot be trained on."""
@@ -138,8 +137,7 @@ class LabelWorker(ConsumerLoop):
 
         futures = [send_dead_letter(self.producer, self.kafka.dlq_topic, records[r.index], stage=r.stage,
                                     error_class=r.error_class, message=r.message) for r in rejects]
-        self.producer.flush(timeout=_ACK_TIMEOUT_S)
-        failed = [f for f in futures if not f.succeeded()]
+        failed = unacknowledged(self.producer, futures)
         if failed:
             raise LabelDeliveryError(f"{len(failed)} dead letters of the label batch were not acknowledged "
                                      f"({failed[0].exception!r}); offsets not committed")

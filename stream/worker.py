@@ -24,7 +24,7 @@ from ..schemas.settings import KafkaSettings, StreamSettings
 from ..trainer.store import FeatureStore, TrafficReservoir
 from .alerting import build_alerts
 from .batching import BatchPolicy
-from .consumer_loop import ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter
+from .consumer_loop import ACK_TIMEOUT_S, ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter, unacknowledged
 from .decode import DecodedBatch, decode_batch
 from .observability import HealthServer, ScorerMetrics
 from .reload import ModelWatcher
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 #: How long to wait for the broker to acknowledge a batch's sends before giving up on the batch
 #: (it is then re-delivered after restart); well under max_poll_interval_ms.
-_ACK_TIMEOUT_S = 60.0
 
 
 class DeliveryError(ProtoguardError):
@@ -126,7 +125,7 @@ class ScoringWorker(ConsumerLoop):
 
     def close(self) -> None:
         try:
-            self.close_clients(_ACK_TIMEOUT_S)
+            self.close_clients(ACK_TIMEOUT_S)
         finally:
             self.watcher.close()
             if self.health is not None:
@@ -174,8 +173,7 @@ class ScoringWorker(ConsumerLoop):
         self.stores.reservoir.queue_offer(pipe, decoded.event_ids, decoded.X, self._rng)
         pipe.execute()
 
-        self.producer.flush(timeout=_ACK_TIMEOUT_S)
-        failed = [f for f in futures if not f.succeeded()]
+        failed = unacknowledged(self.producer, futures)
         if failed:
             raise DeliveryError(f"{len(failed)} of {len(futures)} sends of the batch were not acknowledged "
                                 f"({failed[0].exception!r}); offsets not committed, the batch will be re-delivered")

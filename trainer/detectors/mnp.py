@@ -643,7 +643,7 @@ class MNPDetector(BaseDetector):
                 score = rec = contrib = None
                 for j, net in enumerate(self.members_):
                     out = net.eval()(x)
-                    part = per_feature_reconstruction(x, net.reconstruct(x)) / self.n_features_in_
+                    part = per_feature_reconstruction(x, out.x_hat) / self.n_features_in_
                     if j == 0:
                         first, score, rec, contrib = out, out.score, out.rec, part
                     else:

@@ -91,6 +91,7 @@ class MNPForward(NamedTuple):
     """Everything the losses and the explanations need from one forward pass (spec 6.1)."""
 
     z_hat: torch.Tensor  # (n, H) L2-normalised embedding
+    x_hat: torch.Tensor  # (n, D) reconstruction G(E(x)), kept for per-feature explanations
     rec: torch.Tensor  # (n,) r(x), mean Smooth-L1 reconstruction error
     sim: torch.Tensor  # (n, K) Student-t similarity to each normalised prototype
     s_max: torch.Tensor  # (n,)
@@ -140,4 +141,4 @@ class MNPNetwork(nn.Module):
         sim = student_t_similarity(z_hat, c_hat)
         s_max = sim.max(1).values
         score = self.scorer(torch.cat([z_hat, rec[:, None], s_max[:, None]], dim=1))
-        return MNPForward(z_hat=z_hat, rec=rec, sim=sim, s_max=s_max, score=score)
+        return MNPForward(z_hat=z_hat, x_hat=x_hat, rec=rec, sim=sim, s_max=s_max, score=score)
