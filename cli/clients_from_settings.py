@@ -17,17 +17,16 @@ __all__ = ["label_worker_from_settings", "registry_from_settings", "trainer_from
 
 
 def registry_from_settings(settings: Settings, client: redis.Redis | None = None) -> ModelRegistry:
-    return ModelRegistry(client or build_redis(settings.redis.url), prefix=settings.redis.prefix,
+    return ModelRegistry(client or build_redis(settings.redis), prefix=settings.redis.prefix,
                          keep_versions=settings.trainer.keep_versions)
 
 
 def label_worker_from_settings(settings: Settings, client: redis.Redis | None = None) -> LabelWorker:
     """The labels-topic consumer with its own group (labels are not partitioned like events)."""
     k = settings.kafka
-    client = client or build_redis(settings.redis.url)
-    consumer = build_consumer(k.bootstrap_servers, k.labels_group, k.labels_topic,
-                              session_timeout_ms=k.session_timeout_ms, auto_offset_reset="earliest")
-    return LabelWorker(consumer, build_producer(k.bootstrap_servers),
+    client = client or build_redis(settings.redis)
+    consumer = build_consumer(k, k.labels_group, k.labels_topic, auto_offset_reset="earliest")
+    return LabelWorker(consumer, build_producer(k),
                        features=FeatureStore(client, prefix=settings.redis.prefix, ttl_s=settings.stream.features_ttl_s),
                        labels=LabelStore(client, prefix=settings.redis.prefix),
                        registry=registry_from_settings(settings, client), kafka=k)
@@ -35,7 +34,7 @@ def label_worker_from_settings(settings: Settings, client: redis.Redis | None = 
 
 def trainer_from_settings(settings: Settings, client: redis.Redis | None = None,
                           mnp_params: dict[str, Any] | None = None) -> TrainerService:
-    client = client or build_redis(settings.redis.url)
+    client = client or build_redis(settings.redis)
     prefix = settings.redis.prefix
     stores = RetrainStores(client=client, labels=LabelStore(client, prefix=prefix),
                            reservoir=TrafficReservoir(client, prefix=prefix, capacity=settings.stream.reservoir_size),

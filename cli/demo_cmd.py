@@ -158,7 +158,7 @@ def _demo(args: argparse.Namespace, settings: Settings, info: StackInfo, console
                              "events_topic": f"demo-events-{token}", "alerts_topic": f"demo-alerts-{token}",
                              "dlq_topic": f"demo-dlq-{token}", "labels_topic": f"demo-labels-{token}",
                              "consumer_group": f"demo-scorers-{token}", "labels_group": f"demo-labels-{token}"})
-    ensure_topics(info.bootstrap_servers, {kafka.events_topic: kafka.n_partitions, kafka.alerts_topic: kafka.n_partitions,
+    ensure_topics(kafka, {kafka.events_topic: kafka.n_partitions, kafka.alerts_topic: kafka.n_partitions,
                                            kafka.dlq_topic: 1, kafka.labels_topic: 1})
     stream = StreamSettings(**{**settings.stream.model_dump(), "reservoir_size": 5000, "model_poll_s": 0.5})
     trainer_settings = TrainerSettings(**{
@@ -174,20 +174,20 @@ def _demo(args: argparse.Namespace, settings: Settings, info: StackInfo, console
     reservoir = TrafficReservoir(client, prefix=prefix, capacity=stream.reservoir_size)
     labels = LabelStore(client, prefix=prefix)
     scorer = ScoringWorker(
-        build_consumer(info.bootstrap_servers, kafka.consumer_group, kafka.events_topic, max_poll_records=stream.max_batch),
-        build_producer(info.bootstrap_servers), watcher=ModelWatcher(registry, poll_s=stream.model_poll_s),
+        build_consumer(kafka, kafka.consumer_group, kafka.events_topic, max_poll_records=stream.max_batch),
+        build_producer(kafka), watcher=ModelWatcher(registry, poll_s=stream.model_poll_s),
         stores=WorkerStores(client, features, reservoir), kafka=kafka, stream=stream, random_state=args.seed)
     scorer.watcher.start()
     scorer.watcher.refresh(force=True)
-    labeller = LabelWorker(build_consumer(info.bootstrap_servers, kafka.labels_group, kafka.labels_topic),
-                           build_producer(info.bootstrap_servers), features=features, labels=labels,
+    labeller = LabelWorker(build_consumer(kafka, kafka.labels_group, kafka.labels_topic),
+                           build_producer(kafka), features=features, labels=labels,
                            registry=registry, kafka=kafka)
     retrainer = Retrainer(RetrainStores(client=client, labels=labels, reservoir=reservoir, registry=registry),
                           trainer_settings, mnp_params={k: v for k, v in _DEMO_MNP_PARAMS.items() if k != "max_epochs"})
     trainer = TrainerService(retrainer, LeaderLock(client, f"{prefix}:trainer:lock",
                                                    timeout_s=trainer_settings.lock_timeout_s), trainer_settings)
-    producer = build_producer(info.bootstrap_servers)
-    alert_reader = build_consumer(info.bootstrap_servers, f"demo-read-{token}", kafka.alerts_topic)
+    producer = build_producer(kafka)
+    alert_reader = build_consumer(kafka, f"demo-read-{token}", kafka.alerts_topic)
     rounds = DemoRounds(scorer=scorer, labeller=labeller, trainer=trainer, producer=producer, alert_reader=alert_reader,
                         analyst=SimulatedAnalyst(budget=args.analyst_budget, error_rate=args.analyst_error,
                                                  audit_share=args.audit_share, rng=rng),

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_labels(args: argparse.Namespace, settings: Settings) -> int:
-    ensure_topics(settings.kafka.bootstrap_servers, topic_partitions(settings))
+    ensure_topics(settings.kafka, topic_partitions(settings))
     worker = label_worker_from_settings(settings)
     worker.install_signal_handlers()
     log.info("label consumer up: group %s, topic %s", settings.kafka.labels_group, settings.kafka.labels_topic)

@@ -45,13 +45,11 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
 
 def run_score(args: argparse.Namespace, settings: Settings) -> int:
     k, s = settings.kafka, settings.stream
-    ensure_topics(k.bootstrap_servers, topic_partitions(settings))
-    client = build_redis(settings.redis.url)
+    ensure_topics(k, topic_partitions(settings))
+    client = build_redis(settings.redis)
     registry = registry_from_settings(settings, client)
-    consumer = build_consumer(k.bootstrap_servers, k.consumer_group, k.events_topic,
-                              session_timeout_ms=k.session_timeout_ms, auto_offset_reset=k.auto_offset_reset,
-                              max_poll_records=s.max_batch)
-    producer = build_producer(k.bootstrap_servers)
+    consumer = build_consumer(k, k.consumer_group, k.events_topic, max_poll_records=s.max_batch)
+    producer = build_producer(k)
     stores = WorkerStores(client=client, features=FeatureStore(client, prefix=settings.redis.prefix, ttl_s=s.features_ttl_s),
                           reservoir=TrafficReservoir(client, prefix=settings.redis.prefix, capacity=s.reservoir_size))
     worker = ScoringWorker(consumer, producer, watcher=ModelWatcher(registry, poll_s=s.model_poll_s), stores=stores,
@@ -66,10 +64,10 @@ def run_score(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.kafka.events_topic
-    ensure_topics(settings.kafka.bootstrap_servers, {topic: settings.kafka.n_partitions})
+    ensure_topics(settings.kafka, {topic: settings.kafka.n_partitions})
     dataset = load_dataset(args.file)
     X = dataset.X[: args.limit] if args.limit else dataset.X
-    producer = build_producer(settings.kafka.bootstrap_servers)
+    producer = build_producer(settings.kafka)
     bad = malformed_messages(int(round(args.contaminate * len(X))), dataset.feature_names)
     bad_at = set(np.linspace(0, len(X), num=len(bad), endpoint=False).astype(int).tolist()) if bad else set()
     interval = 1.0 / args.rate if args.rate > 0 else 0.0

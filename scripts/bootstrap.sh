@@ -30,7 +30,7 @@ stamp="$venv/.protoguard-deps"
 want="$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing dependencies into $venv (first run downloads torch, a few GB)" >&2
-  "$venv/bin/python" -m pip install -q -e "$here[test,bench]"
+  "$venv/bin/python" -m pip install -q -e "$here[test,bench,compression]"
   echo "$want" > "$stamp"
 else
   "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" >/dev/null 2>&1 \
