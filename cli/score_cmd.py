@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..schemas.errors import ConfigError
 from ..schemas.settings import Settings
 from ..stream.clients import build_consumer, build_producer, build_redis, ensure_topics
 from ..stream.reload import ModelWatcher
+from ..stream.supervisor import StatusFile, WorkerSupervisor
 from ..stream.replay import encode_events, load_dataset, malformed_messages
 from ..stream.worker import ScoringWorker, WorkerStores
 from ..trainer.store import FeatureStore, TrafficReservoir
@@ -25,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     score = sub.add_parser("score", help="run one scorer (a consumer-group member on the events topic)")
     score.add_argument("--exit-when-idle-s", type=float, default=None,
                        help="stop after this many seconds without records (batch jobs, tests)")
+    score.add_argument("--workers", type=int, default=1,
+                       help="consumer-group members to run as processes on this host (one metrics endpoint for all)")
+    score.add_argument("--status-file", type=Path, default=None, help=argparse.SUPPRESS)  # set by --workers' parent
     score.set_defaults(handler=run_score)
 
     replay = sub.add_parser("replay", help="stream a dataset file (npz/CSV) as events onto a topic")
@@ -44,6 +50,10 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
 
 
 def run_score(args: argparse.Namespace, settings: Settings) -> int:
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+    if args.workers > 1:
+        return _supervise(args, settings)
     k, s = settings.kafka, settings.stream
     ensure_topics(k, topic_partitions(settings))
     client = build_redis(settings.redis)
@@ -52,14 +62,29 @@ def run_score(args: argparse.Namespace, settings: Settings) -> int:
     producer = build_producer(k)
     stores = WorkerStores(client=client, features=FeatureStore(client, prefix=settings.redis.prefix, ttl_s=s.features_ttl_s),
                           reservoir=TrafficReservoir(client, prefix=settings.redis.prefix, capacity=s.reservoir_size))
-    worker = ScoringWorker(consumer, producer, watcher=ModelWatcher(registry, poll_s=s.model_poll_s), stores=stores,
-                           kafka=k, stream=s)
+    worker = ScoringWorker(consumer, producer, watcher=ModelWatcher(registry, poll_s=s.model_poll_s, device=s.device),
+                           stores=stores, kafka=k, stream=s)
     worker.install_signal_handlers()
-    port = worker.start_health_server()
-    log.info("scorer up: group %s, topic %s, metrics on :%d", k.consumer_group, k.events_topic, port)
+    if args.status_file is not None:  # a child of --workers: the parent serves HTTP for all children
+        worker.health = StatusFile(args.status_file, worker.readiness)
+        log.info("scorer worker up: group %s, topic %s", k.consumer_group, k.events_topic)
+    else:
+        port = worker.start_health_server()
+        log.info("scorer up: group %s, topic %s, metrics on :%d", k.consumer_group, k.events_topic, port)
     idle_limit = args.exit_when_idle_s
     worker.run(until=(lambda: worker.idle_s() > idle_limit) if idle_limit is not None else None)
     return 0
+
+
+def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    argv = [sys.executable, "-m", "protoguard.cli.main", "--log-level", args.log_level]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    argv.append("score")
+    if args.exit_when_idle_s is not None:
+        argv += ["--exit-when-idle-s", str(args.exit_when_idle_s)]
+    supervisor = WorkerSupervisor(argv, args.workers, metrics_port=settings.stream.metrics_port)
+    return supervisor.run()
 
 
 def run_replay(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,10 +13,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .security import KafkaSecurity, RedisSecurity
 
 __all__ = [
     "KafkaSettings",
@@ -62,6 +64,8 @@ class KafkaSettings(_Section):
     batch_size: int = Field(default=512 * 1024, ge=1024)
     #: "lz4" / "zstd" need the ``compression`` extra (``pip install protoguard[compression]``)
     compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
+    #: SASL/TLS for every client (schemas/security.py); PLAINTEXT by default
+    security: KafkaSecurity = KafkaSecurity()
 
 
 class RedisSettings(_Section):
@@ -69,16 +73,34 @@ class RedisSettings(_Section):
 
     url: str = "redis://127.0.0.1:16379/0"
     prefix: str = "pg"
+    #: ACL user and TLS files (schemas/security.py); TLS needs a ``rediss://`` url
+    security: RedisSecurity = RedisSecurity()
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisSettings:
+        if self.security.has_tls_files and not self.url.startswith("rediss://"):
+            raise PydanticCustomError("tls_without_rediss", "redis.security has TLS files but the url is not "
+                                      "rediss://; set PROTOGUARD_REDIS__URL=rediss://host:port/0")
+        return self
 
 
 class StreamSettings(_Section):
     """Scorer behaviour: micro-batch bounds, state TTLs, side HTTP port."""
 
     max_batch: int = Field(default=2048, ge=1, le=65_536)
+    #: the most time spent gathering one batch after its first record (batches close earlier when
+    #: nothing more is waiting: see stream/batching.py)
     max_wait_ms: int = Field(default=50, gt=0)
+    #: how long one poll waits for the first record of a batch (an idle scorer sleeps in it)
+    idle_poll_ms: int = Field(default=500, gt=0, le=10_000)
+    #: the longest wait between retries while Redis or the broker is away
+    max_backoff_s: float = Field(default=30.0, gt=0, le=600)
     features_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     reservoir_size: int = Field(default=20_000, ge=10)
     metrics_port: int = Field(default=0, ge=0, le=65_535)
+    #: address the metrics/health server binds: 0.0.0.0 for probes from outside the pod/container,
+    #: 127.0.0.1 to keep it local to the machine
+    metrics_host: str = "0.0.0.0"
     model_poll_s: float = Field(default=2.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     n_top_features: int = Field(default=3, ge=0)

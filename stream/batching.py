@@ -1,4 +1,4 @@
-"""Micro-batch policy: a batch closes when it holds ``max_batch`` records or ``max_wait_ms`` passed. Pure."""
+"""Micro-batch policy: how long to wait for traffic, and when a gathered batch closes. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,22 +10,20 @@ __all__ = ["BatchPolicy"]
 class BatchPolicy:
     """Bounds of one micro-batch.
 
-    Larger batches amortise the forward pass and the Redis/Kafka round trips; the wait bound caps
-    the latency an event can spend waiting for company when traffic is light.
+    The scorer waits up to ``idle_poll_ms`` for the first records (a long wait costs nothing when
+    idle and keeps an idle scorer off the CPU), then gathers what is already fetched until the batch
+    holds ``max_batch`` records or ``max_wait_ms`` passed since its first record. Larger batches
+    amortise the forward pass and the Redis/Kafka round trips; the wait bound caps the time spent
+    gathering while records keep trickling in.
 
     >>> policy = BatchPolicy(max_batch=100, max_wait_ms=20)
     >>> policy.is_full(100, 0.0), policy.is_full(5, 25.0), policy.is_full(5, 3.0)
     (True, True, False)
-    >>> policy.poll_budget(40, 5.0)
-    (60, 15)
     """
 
     max_batch: int
     max_wait_ms: int
+    idle_poll_ms: int = 500
 
     def is_full(self, n_records: int, elapsed_ms: float) -> bool:
         return n_records >= self.max_batch or elapsed_ms >= self.max_wait_ms
-
-    def poll_budget(self, n_records: int, elapsed_ms: float) -> tuple[int, int]:
-        """(max_records, timeout_ms) for the next poll so the batch bounds are not overshot."""
-        return self.max_batch - n_records, max(0, int(self.max_wait_ms - elapsed_ms))

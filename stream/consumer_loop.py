@@ -1,34 +1,70 @@
-"""What every protoguard consumer loop shares: graceful stop, the idle clock, dead letters, commits.
+"""What every protoguard consumer loop shares: graceful stop, the idle clock, group membership, dead letters.
 
 The scorer and the label consumer differ in what they do with a batch, not in how they stop,
-decide they are idle, dead-letter a message or commit what they finished.
+decide they are idle, notice that the group moved their partitions, or dead-letter a message.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import signal
+import threading
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from ..schemas.events import DeadLetter, RejectStage
+from .checkpoint import ACK_TIMEOUT_S, Checkpoint
 
-__all__ = ["ACK_TIMEOUT_S", "ConsumerLoop", "batch_offsets", "commit_offsets", "send_dead_letter", "unacknowledged"]
-
-#: How long a batch (and a shutdown) waits for the broker to acknowledge its sends.
-ACK_TIMEOUT_S = 60.0
+__all__ = ["ConsumerLoop", "GroupMembership", "dead_letter_id", "send_dead_letter"]
 
 log = logging.getLogger(__name__)
 
 
+class GroupMembership(ConsumerRebalanceListener):
+    """Logs and counts partition moves: the first thing an operator asks when a consumer looks stuck.
+
+    A *rejoin* is any assignment after the first one: a rebalance, or this member coming back after
+    the coordinator evicted it (a long GC or GPU stall past the session timeout). Callbacks run on
+    kafka-python's I/O thread, so they only count and log.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.n_assignments = 0
+        self.n_lost = 0
+        self.last_change = time.monotonic()
+
+    @property
+    def n_rejoins(self) -> int:
+        return max(0, self.n_assignments - 1)
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        with self._lock:
+            self.n_lost += 1
+            self.last_change = time.monotonic()
+        log.warning("partitions lost (this member was removed from the group): %s",
+                    sorted((tp.topic, tp.partition) for tp in lost))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        with self._lock:
+            self.n_assignments += 1
+            self.last_change = time.monotonic()
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
 class ConsumerLoop:
-    """Stop flag, signal handlers, idle clock and shutdown for a class owning ``consumer`` and ``producer``."""
+    """Stop flag, signal handlers, idle clock, membership and shutdown for a class owning
+    ``consumer`` and ``producer``."""
 
     consumer: KafkaConsumer
     producer: KafkaProducer
@@ -36,6 +72,10 @@ class ConsumerLoop:
     def __init__(self) -> None:
         self._stopping = False
         self._last_records_at = time.monotonic()
+        self.membership = GroupMembership()
+        topics = sorted(self.consumer.subscription() or ())
+        if topics:  # re-subscribe with the counting listener (same topics; before the first poll)
+            self.consumer.subscribe(topics, listener=self.membership)
 
     def request_stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: finish the in-flight batch, flush, commit, leave the group."""
@@ -45,13 +85,18 @@ class ConsumerLoop:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
-    def close_clients(self, timeout_s: float) -> None:
+    def close_clients(self, timeout_s: float = ACK_TIMEOUT_S) -> None:
         """Flush what is in flight, then leave the group (no auto-commit) so partitions move at once."""
         try:
             self.producer.flush(timeout=timeout_s)
             self.producer.close(timeout=timeout_s)
+        except Exception as exc:  # a dead broker must not keep the process from exiting
+            log.warning("producer did not close cleanly: %r", exc)
         finally:
             self.consumer.close(autocommit=False)
+
+    def new_checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.consumer, self.producer)
 
     def _saw_records(self) -> None:
         self._last_records_at = time.monotonic()
@@ -70,33 +115,19 @@ class ConsumerLoop:
         return now - self._last_records_at
 
 
-def send_dead_letter(producer: KafkaProducer, topic: str, record: Any, *, stage: RejectStage, error_class: str,
-                     message: str) -> Any:
-    """Publish a ``DeadLetter`` carrying the original bytes and where they came from; returns the future."""
+def dead_letter_id(topic: str, partition: int, offset: int) -> str:
+    """Deterministic id of a dead letter: a re-delivered message gives the same id, so readers de-duplicate."""
+    return hashlib.sha256(f"{topic}\x00{partition}\x00{offset}".encode()).hexdigest()[:32]
+
+
+def send_dead_letter(checkpoint: Checkpoint, topic: str, record: Any, *, stage: RejectStage, error_class: str,
+                     message: str) -> None:
+    """Queue a ``DeadLetter`` carrying the original bytes and where they came from on the batch's checkpoint."""
     letter = DeadLetter(
         original_b64=base64.b64encode(record.value or b"").decode(), topic=record.topic, partition=record.partition,
         offset=record.offset, stage=stage, error_class=error_class, error_message=message, ts=datetime.now(UTC),
     )
     log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, message)
-    return producer.send(topic, key=record.key, value=orjson.dumps(letter.model_dump(mode="json")),
-                         headers=[("stage", stage.encode()), ("error_class", error_class.encode())])
-
-
-def batch_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
-    """The next offset to consume per partition after ``records`` (what a commit should store)."""
-    offsets: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
-    return offsets
-
-
-def unacknowledged(producer: KafkaProducer, futures: Sequence[Any], timeout_s: float = ACK_TIMEOUT_S) -> list[Any]:
-    """Flush, then return the sends the broker did not acknowledge. A batch commits its offsets only
-    when this is empty (at least once: otherwise its records are delivered again)."""
-    producer.flush(timeout=timeout_s)
-    return [f for f in futures if not f.succeeded()]
-
-
-def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-    consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+    checkpoint.send(topic, key=record.key, value=orjson.dumps(letter.model_dump(mode="json")),
+                    headers=[("stage", stage.encode()), ("error_class", error_class.encode()),
+                             ("dead_letter_id", dead_letter_id(record.topic, record.partition, record.offset).encode())])

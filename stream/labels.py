@@ -20,21 +20,17 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from ..schemas.errors import ProtoguardError
 from ..schemas.events import Label, RejectStage
 from ..schemas.settings import KafkaSettings
 from ..trainer.registry import ModelRegistry
 from ..trainer.store import FeatureStore, LabelStore
-from .consumer_loop import ACK_TIMEOUT_S, ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter, unacknowledged
+from .checkpoint import CommitResult, batch_records
+from .consumer_loop import ConsumerLoop, send_dead_letter
 
 __all__ = ["LabelBatchOutcome", "LabelWorker", "decode_labels"]
 
 log = logging.getLogger(__name__)
 
-
-
-class LabelDeliveryError(ProtoguardError):
-    """A dead letter for a label was not acknowledged; the batch is not committed."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +67,7 @@ class LabelBatchOutcome:
     n_unchanged: int = 0
     n_dead: int = 0
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    result: CommitResult | None = None
 
 
 class LabelWorker(ConsumerLoop):
@@ -95,7 +92,7 @@ class LabelWorker(ConsumerLoop):
             self.close()
 
     def close(self) -> None:
-        self.close_clients(ACK_TIMEOUT_S)
+        self.close_clients()
 
     def _expected_width(self) -> int | None:
         """The serving model's feature count: a stored row of another width cannot be trained on."""
@@ -104,12 +101,13 @@ class LabelWorker(ConsumerLoop):
 
     def process_one_batch(self) -> LabelBatchOutcome:
         polled = self.consumer.poll(timeout_ms=self.poll_ms, max_records=1000)
-        records = [r for part in polled.values() for r in part]
+        records = batch_records(polled)  # partition by partition, each in offset order
         outcome = LabelBatchOutcome(n_records=len(records))
         if not records:
             return outcome
         self._saw_records()
-        records.sort(key=lambda r: (r.partition, r.offset))
+        checkpoint = self.new_checkpoint()
+        checkpoint.extend(polled)
         parsed, rejects = decode_labels([r.value for r in records])
 
         latest: dict[str, tuple[int, Label]] = {}
@@ -135,15 +133,13 @@ class LabelWorker(ConsumerLoop):
             outcome.n_replaced = writes.count("replaced")
             outcome.n_unchanged = writes.count("unchanged")
 
-        futures = [send_dead_letter(self.producer, self.kafka.dlq_topic, records[r.index], stage=r.stage,
-                                    error_class=r.error_class, message=r.message) for r in rejects]
-        failed = unacknowledged(self.producer, futures)
-        if failed:
-            raise LabelDeliveryError(f"{len(failed)} dead letters of the label batch were not acknowledged "
-                                     f"({failed[0].exception!r}); offsets not committed")
-        offsets = batch_offsets(records)
-        commit_offsets(self.consumer, offsets)
-        outcome.n_dead, outcome.offsets = len(rejects), offsets
+        for r in rejects:
+            send_dead_letter(checkpoint, self.kafka.dlq_topic, records[r.index], stage=r.stage,
+                             error_class=r.error_class, message=r.message)
+        # The label store write is idempotent, so a batch whose commit does not happen (dead letters
+        # not acknowledged: rewound; a rebalance: re-delivered to the new owner) is simply applied again.
+        outcome.result = checkpoint.commit()
+        outcome.n_dead, outcome.offsets = len(rejects), checkpoint.offsets
         if outcome.n_new or outcome.n_replaced or rejects:
             log.info("labels: %d new, %d replaced, %d duplicates, %d dead-lettered", outcome.n_new,
                      outcome.n_replaced, outcome.n_unchanged, len(rejects))

@@ -4,9 +4,11 @@ Each worker owns its own ``CollectorRegistry`` so that tests can run several in 
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -30,9 +32,24 @@ class ScorerMetrics:
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.event_latency = Histogram("protoguard_event_latency_seconds",
                                        "Event timestamp (producer) to batch committed", buckets=_LATENCY_BUCKETS, registry=r)
-        self.lag = Gauge("protoguard_consumer_lag", "Records behind the high watermark", ["partition"], registry=r)
-        self.model_info = Gauge("protoguard_model_info", "The served model version", ["version", "detector"], registry=r)
+        # multiprocess_mode only matters under ``protoguard score --workers N`` (one file per process).
+        self.lag = Gauge("protoguard_consumer_lag", "Records behind the high watermark", ["partition"], registry=r,
+                         multiprocess_mode="livemax")
+        self.model_info = Gauge("protoguard_model_info", "The served model version", ["version", "detector"], registry=r,
+                                multiprocess_mode="livemax")
         self.reloads = Counter("protoguard_model_reloads_total", "Model versions picked up", registry=r)
+        self.commits = Counter("protoguard_batch_commits_total", "Batch commits by result", ["result"], registry=r)
+        self.rejoins = Counter("protoguard_group_rejoins_total",
+                               "Assignments after the first one (rebalances, or coming back after an eviction)",
+                               registry=r)
+        self.redis_skipped = Counter("protoguard_redis_skipped_rows_total",
+                                     "Scored rows whose features and reservoir offer were not stored (Redis away)",
+                                     registry=r)
+        self.loop_errors = Counter("protoguard_loop_errors_total", "Faults waited out by the loop", ["kind"],
+                                   registry=r)
+        self.model_load_failures = Counter("protoguard_model_load_failures_total",
+                                           "Promoted versions this scorer could not load (it kept its model)",
+                                           registry=r)
 
     def set_model(self, version: str, detector: str) -> None:
         self.model_info.clear()
@@ -40,11 +57,13 @@ class ScorerMetrics:
 
 
 class HealthServer:
-    """Serves /metrics, /healthz (loop alive) and /readyz (``ready()`` true) on ``port`` (0 = any free port)."""
+    """Serves /metrics (``registry``), /healthz (loop alive) and /readyz (``ready()`` true) on ``port`` (0 = any free port)."""
 
-    def __init__(self, metrics: ScorerMetrics, ready: Callable[[], tuple[bool, dict[str, bool]]], port: int = 0,
-                 max_loop_age_s: float = 60.0) -> None:
-        self.metrics = metrics
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, dict[str, bool]]], port: int = 0,
+                 max_loop_age_s: float = 60.0, host: str = "0.0.0.0") -> None:
+        self.registry = registry
+        #: replaced by a supervisor whose liveness is its children's, not its own loop's
+        self.liveness: Callable[[], tuple[bool, dict[str, Any]]] = self._loop_liveness
         self.ready = ready
         self.max_loop_age_s = max_loop_age_s
         self.last_loop = time.monotonic()
@@ -53,11 +72,10 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 if self.path == "/metrics":
-                    self._send(200, generate_latest(outer.metrics.registry), CONTENT_TYPE_LATEST)
+                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
-                    age = time.monotonic() - outer.last_loop
-                    ok = age < outer.max_loop_age_s
-                    self._send(200 if ok else 503, f'{{"alive": {str(ok).lower()}, "last_loop_age_s": {age:.2f}}}'.encode())
+                    ok, details = outer.liveness()
+                    self._send(200 if ok else 503, json.dumps({"alive": ok, **details}).encode())
                 elif self.path == "/readyz":
                     ok, checks = outer.ready()
                     body = "{" + ", ".join(f'"{k}": {str(v).lower()}' for k, v in checks.items()) + "}"
@@ -75,9 +93,13 @@ class HealthServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, name="protoguard-health", daemon=True)
+
+    def _loop_liveness(self) -> tuple[bool, dict[str, Any]]:
+        age = time.monotonic() - self.last_loop
+        return age < self.max_loop_age_s, {"last_loop_age_s": round(age, 2)}
 
     def start(self) -> None:
         self._thread.start()

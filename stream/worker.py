@@ -1,11 +1,19 @@
-"""ScoringWorker: poll -> decode -> score -> alerts + dead letters -> Redis -> await acks -> commit.
+"""ScoringWorker: poll -> decode -> score -> alerts + dead letters -> Redis -> acks -> commit.
 
-Delivery: at least once from ``events`` to ``alerts``. Offsets of a batch are committed only
-after every alert and dead letter of that batch was acknowledged by the broker (``acks=all``,
-idempotent producer) and the batch's features reached Redis; a crash before the commit
-re-delivers the batch, and the re-scored events get the same deterministic ``alert_id``.
-A new model is picked up between batches only, so a batch is scored by exactly one version,
-and that version is in every alert it produces.
+Delivery: at least once from ``events`` to ``alerts``. A batch's offsets are committed only after
+every alert and dead letter of that batch was acknowledged by the broker (``acks=all``,
+idempotent producer; ``checkpoint.Checkpoint``); a crash or a refused commit re-delivers the
+batch, and the re-scored events get the same deterministic ``alert_id``. A new model is picked up
+between batches only, so a batch is scored by exactly one version, and that version is in every
+alert it produces.
+
+Faults do not end the process. Redis away: the batch is still scored, alerted and committed;
+only its feature rows and reservoir offers are skipped (counted in
+``protoguard_redis_skipped_rows_total``) and Redis is tried again after a capped backoff. Broker
+away: sends are not acknowledged, the consumer is rewound to the batch's start and the loop backs
+off. Evicted from the group (a stall past the session timeout): the commit is refused, the batch
+is left to the partitions' new owner, and kafka-python rejoins on the next poll (counted in
+``protoguard_group_rejoins_total``).
 """
 from __future__ import annotations
 
@@ -18,28 +26,26 @@ from typing import Any
 import numpy as np
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
 
-from ..schemas.errors import ProtoguardError
 from ..schemas.settings import KafkaSettings, StreamSettings
 from ..trainer.store import FeatureStore, TrafficReservoir
 from .alerting import build_alerts
+from .backoff import Backoff
 from .batching import BatchPolicy
-from .consumer_loop import ACK_TIMEOUT_S, ConsumerLoop, batch_offsets, commit_offsets, send_dead_letter, unacknowledged
+from .checkpoint import Checkpoint, CommitResult
+from .consumer_loop import ConsumerLoop, send_dead_letter
 from .decode import DecodedBatch, decode_batch
 from .observability import HealthServer, ScorerMetrics
 from .reload import ModelWatcher
 from .scoring import score_batch
 
-__all__ = ["BatchOutcome", "DeliveryError", "ScoringWorker"]
+__all__ = ["BatchOutcome", "ScoringWorker", "WorkerStores"]
 
 log = logging.getLogger(__name__)
 
-#: How long to wait for the broker to acknowledge a batch's sends before giving up on the batch
-#: (it is then re-delivered after restart); well under max_poll_interval_ms.
-
-
-class DeliveryError(ProtoguardError):
-    """Alerts or dead letters of a batch were not acknowledged; its offsets are not committed."""
+#: Faults of the loop itself (not of one batch's input) that are waited out, never fatal.
+_TRANSIENT = (kafka_errors.KafkaError, redis.RedisError, OSError)
 
 
 @dataclass
@@ -52,6 +58,8 @@ class BatchOutcome:
     n_alerts: int = 0
     model_version: str | None = None
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    result: CommitResult | None = None
+    redis_written: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,36 +83,67 @@ class ScoringWorker(ConsumerLoop):
         self.stores = stores
         self.kafka = kafka
         self.stream = stream
-        self.policy = BatchPolicy(stream.max_batch, stream.max_wait_ms)
+        self.policy = BatchPolicy(stream.max_batch, stream.max_wait_ms, stream.idle_poll_ms)
         self.metrics = metrics or ScorerMetrics()
         self.health: HealthServer | None = None
         self._rng = np.random.default_rng(random_state)
+        self._redis_backoff = Backoff(initial_s=0.5, max_s=stream.max_backoff_s)
+        self._loop_backoff = Backoff(initial_s=0.2, max_s=stream.max_backoff_s)
+        self._rejoins_seen = 0
+        self._load_failures_seen = 0
+        self._next_lag_sample = 0.0
         super().__init__()
 
     # ---------------------------------------------------------------- lifecycle
     def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Ready = holds partitions and serves a model; Redis is reported but does not gate
+        readiness, because the scorer keeps scoring (and alerting) while Redis is away."""
         try:
             redis_ok = bool(self.stores.client.ping())
         except redis.RedisError:
             redis_ok = False
         checks = {"partitions_assigned": bool(self.consumer.assignment()), "model_loaded": self.watcher.model is not None,
                   "redis_reachable": redis_ok}
-        return all(checks.values()), checks
+        return checks["partitions_assigned"] and checks["model_loaded"], checks
 
     def start_health_server(self) -> int:
-        self.health = HealthServer(self.metrics, self.readiness, port=self.stream.metrics_port)
+        self.health = HealthServer(self.metrics.registry, self.readiness, port=self.stream.metrics_port)
         self.health.start()
         return self.health.port
 
     def run(self, *, until: Callable[[], bool] | None = None) -> None:
-        """Loop until stopped (signal, ``request_stop`` or ``until()`` true), then shut down cleanly."""
-        self.watcher.start()
+        """Loop until stopped (signal, ``request_stop`` or ``until()`` true), then shut down cleanly.
+
+        Broker and Redis faults are waited out with a capped exponential backoff; the loop only
+        ends when asked to.
+        """
+        self._start_watcher()
         try:
             while not self._stopping and not (until is not None and until()):
-                if self.step() is None:
-                    time.sleep(0.2)  # nothing to serve yet: do not consume (offsets stay where they are)
+                try:
+                    if self.step() is None:
+                        time.sleep(0.2)  # nothing to serve yet: do not consume (offsets stay where they are)
+                    self._loop_backoff.succeeded()
+                except _TRANSIENT as exc:
+                    self.metrics.loop_errors.labels(kind=type(exc).__name__).inc()
+                    delay = self._loop_backoff.failed()
+                    log.warning("scorer loop fault (%r); retrying in %.1f s", exc, delay)
+                    self._sleep(delay)
         finally:
             self.close()
+
+    def _start_watcher(self) -> None:
+        try:
+            self.watcher.start()
+        except redis.RedisError as exc:  # Redis is not up yet: the watcher's polling will find the model later
+            log.warning("model updates: cannot subscribe yet (%r); polling instead", exc)
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < end:
+            if self.health is not None:
+                self.health.beat()
+            time.sleep(min(0.2, end - time.monotonic()) if end > time.monotonic() else 0)
 
     def step(self) -> BatchOutcome | None:
         """One turn of the loop: heartbeat, pick up a promoted model, then one batch (None: no model yet).
@@ -114,45 +153,77 @@ class ScoringWorker(ConsumerLoop):
         """
         if self.health is not None:
             self.health.beat()
-        if self.watcher.refresh():
+        self._refresh_model()
+        if self.watcher.model is None:
+            return None
+        outcome = self.process_one_batch()
+        self._count_rejoins()
+        return outcome
+
+    def _refresh_model(self) -> None:
+        try:
+            changed = self.watcher.refresh()
+        except redis.RedisError as exc:  # keep serving the cached model while the registry is away
+            self.metrics.loop_errors.labels(kind=type(exc).__name__).inc()
+            log.debug("model registry unreachable (%r); serving the cached model", exc)
+            return
+        failures = self.watcher.n_failures
+        if failures > self._load_failures_seen:
+            self.metrics.model_load_failures.inc(failures - self._load_failures_seen)
+            self._load_failures_seen = failures
+        if changed:
             model = self.watcher.model
             assert model is not None
             self.metrics.reloads.inc()
             self.metrics.set_model(model.version, model.manifest.detector)
-        if self.watcher.model is None:
-            return None
-        return self.process_one_batch()
+
+    def _count_rejoins(self) -> None:
+        rejoins = self.membership.n_rejoins
+        if rejoins > self._rejoins_seen:
+            self.metrics.rejoins.inc(rejoins - self._rejoins_seen)
+            self._rejoins_seen = rejoins
 
     def close(self) -> None:
         try:
-            self.close_clients(ACK_TIMEOUT_S)
+            self.close_clients()
         finally:
             self.watcher.close()
             if self.health is not None:
                 self.health.stop()
 
     # ---------------------------------------------------------------- one batch
-    def _poll_batch(self) -> list[Any]:
+    def _poll_batch(self, checkpoint: Checkpoint) -> list[Any]:
+        """Gather one micro-batch greedily: wait (up to ``idle_poll_ms``) for the first records, then
+        take whatever else is already fetched, until ``max_batch`` records or ``max_wait_ms``.
+
+        Under light load a batch closes as soon as nothing more is waiting, so an event does not sit
+        out ``max_wait_ms`` for company; under heavy load records pile up while the previous batch is
+        scored and batches grow by themselves.
+        """
         records: list[Any] = []
-        started = time.monotonic()
+        policy = self.policy
+        timeout_ms, started = policy.idle_poll_ms, 0.0
         while True:
-            elapsed_ms = (time.monotonic() - started) * 1000
-            if records and self.policy.is_full(len(records), elapsed_ms):
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=policy.max_batch - len(records))
+            if not polled:
                 return records
-            if not records and elapsed_ms >= self.policy.max_wait_ms:
-                return records
-            max_records, timeout_ms = self.policy.poll_budget(len(records), elapsed_ms)
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+            if not records:
+                started = time.monotonic()
+            checkpoint.extend(polled)
             for part in polled.values():
                 records.extend(part)
-            if self._stopping:
+            if self._stopping or policy.is_full(len(records), (time.monotonic() - started) * 1000):
                 return records
+            timeout_ms = 0
 
     def process_one_batch(self) -> BatchOutcome:
-        records = self._poll_batch()
+        checkpoint = self.new_checkpoint()
+        records = self._poll_batch(checkpoint)
         model = self.watcher.model
         outcome = BatchOutcome(n_records=len(records), model_version=model.version if model else None)
         if not records or model is None:
+            if records:  # no model to score with: hand the records back
+                checkpoint.rewind()
             return outcome
         self._saw_records()
         started = time.monotonic()
@@ -161,51 +232,69 @@ class ScoringWorker(ConsumerLoop):
         scored = score_batch(model.detector, manifest, decoded.X, decoded.kinds, n_top=self.stream.n_top_features)
         alerts = build_alerts(decoded, scored, model_version=model.version, feature_names=manifest.feature_names)
 
-        futures = []
-        headers = [("model_version", model.version.encode())]
+        version_header = ("model_version", model.version.encode())
         for key, value, alert in alerts:
-            futures.append(self.producer.send(self.kafka.alerts_topic, key=key, value=value,
-                                              headers=headers + [("event_id", alert.event_id.encode())]))
-        futures += self._send_dead_letters(records, decoded)
-
-        pipe = self.stores.client.pipeline(transaction=False)
-        self.stores.features.queue_write(pipe, decoded.event_ids, decoded.X)
-        self.stores.reservoir.queue_offer(pipe, decoded.event_ids, decoded.X, self._rng)
-        pipe.execute()
-
-        failed = unacknowledged(self.producer, futures)
-        if failed:
-            raise DeliveryError(f"{len(failed)} of {len(futures)} sends of the batch were not acknowledged "
-                                f"({failed[0].exception!r}); offsets not committed, the batch will be re-delivered")
-
-        offsets = batch_offsets(records)
-        commit_offsets(self.consumer, offsets)
-
-        done = time.monotonic()
-        self._record_metrics(records, decoded, len(alerts), done - started)
-        outcome.n_scored, outcome.n_dead, outcome.n_alerts, outcome.offsets = (
-            len(decoded), len(decoded.rejects), len(alerts), offsets)
+            checkpoint.send(self.kafka.alerts_topic, key=key, value=value,
+                            headers=[version_header, ("event_id", alert.event_id.encode())])
+        self._send_dead_letters(checkpoint, records, decoded)
+        outcome.redis_written = self._write_state(decoded)
+        outcome.result = result = checkpoint.commit()
+        self.metrics.commits.labels(result=result.value).inc()
+        if result is CommitResult.COMMITTED:
+            self._record_metrics(checkpoint, records, decoded, len(alerts), time.monotonic() - started)
+            outcome.n_scored, outcome.n_dead, outcome.n_alerts = len(decoded), len(decoded.rejects), len(alerts)
+            outcome.offsets = checkpoint.offsets
+        elif result in (CommitResult.UNACKNOWLEDGED, CommitResult.COMMIT_FAILED):
+            self._sleep(self._loop_backoff.failed())  # the broker is struggling: do not spin on it
         return outcome
 
-    def _send_dead_letters(self, records: list[Any], decoded: DecodedBatch) -> list[Any]:
-        return [send_dead_letter(self.producer, self.kafka.dlq_topic, records[r.index], stage=r.stage,
-                                 error_class=r.error_class, message=r.message) for r in decoded.rejects]
+    def _send_dead_letters(self, checkpoint: Checkpoint, records: list[Any], decoded: DecodedBatch) -> None:
+        for r in decoded.rejects:
+            send_dead_letter(checkpoint, self.kafka.dlq_topic, records[r.index], stage=r.stage,
+                             error_class=r.error_class, message=r.message)
 
-    def _record_metrics(self, records: list[Any], decoded: DecodedBatch, n_alerts: int, seconds: float) -> None:
+    def _write_state(self, decoded: DecodedBatch) -> bool:
+        """Feature rows and reservoir offers in one pipeline; skipped (and counted) while Redis is away.
+
+        Never blocks the commit of what was scored and alerted: losing some training rows and
+        label joins during an outage is better than stopping detection.
+        """
+        if not len(decoded):
+            return True
+        if not self._redis_backoff.ready():
+            self.metrics.redis_skipped.inc(len(decoded))
+            return False
+        try:
+            pipe = self.stores.client.pipeline(transaction=False)
+            self.stores.features.queue_write(pipe, decoded.event_ids, decoded.X)
+            self.stores.reservoir.queue_offer(pipe, decoded.event_ids, decoded.X, self._rng)
+            pipe.execute()
+        except redis.RedisError as exc:
+            delay = self._redis_backoff.failed()
+            self.metrics.redis_skipped.inc(len(decoded))
+            log.warning("Redis write failed (%r): batch scored without storing its features; next try in %.1f s",
+                        exc, delay)
+            return False
+        if self._redis_backoff.succeeded():
+            log.info("Redis is back: storing features again")
+        return True
+
+    def _record_metrics(self, checkpoint: Checkpoint, records: list[Any], decoded: DecodedBatch, n_alerts: int,
+                        seconds: float) -> None:
         m = self.metrics
         m.events.labels(outcome="scored").inc(len(decoded))
         m.events.labels(outcome="dead_letter").inc(len(decoded.rejects))
         m.alerts.inc(n_alerts)
         m.batch_size.observe(len(records))
         m.batch_seconds.observe(seconds)
+        # Two samples per batch keep this off the per-record path: the oldest and the newest record.
         now_ms = time.time() * 1000
-        ages = (now_ms - np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))) / 1000
-        for q in np.quantile(ages, (0.5, 0.99)):  # two samples per batch keep the histogram cheap
-            m.event_latency.observe(max(0.0, float(q)))
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is not None:
-                try:
-                    m.lag.labels(partition=str(tp.partition)).set(max(0, high - self.consumer.position(tp, timeout_ms=0)))
-                except Exception:  # position unknown right after a rebalance; skip this sample
-                    pass
+        for stamp in (records[0].timestamp, records[-1].timestamp):
+            m.event_latency.observe(max(0.0, (now_ms - stamp) / 1000))
+        now = time.monotonic()
+        if now >= self._next_lag_sample:
+            self._next_lag_sample = now + 1.0
+            for tp, after in checkpoint.offsets.items():
+                high = self.consumer.highwater(tp)
+                if high is not None:
+                    m.lag.labels(partition=str(tp.partition)).set(max(0, high - after))

@@ -9,8 +9,10 @@ needs; the scorer only appends. Every write is one pipeline per micro-batch, nev
 - **LabelStore**: analysts' labels joined with their events' features, one entry per event_id
   (a later label replaces an earlier one), plus a change counter the trainer's label trigger reads.
 - **TrafficReservoir**: a uniform reservoir sample (Vitter's algorithm R) of recent unlabelled
-  feature vectors, the contaminated pool MNP trains its unlabelled side on. The slot choice runs
-  in a Lua script so concurrent scorers share one counter without a race.
+  feature vectors, the contaminated pool MNP trains its unlabelled side on. Scorers share one
+  position counter (``INCRBY`` reserves each batch's range); each scorer decides on its own which
+  of its rows are kept (``reservoir_sampling``: skip counting, work proportional to the rows kept)
+  and sends only those.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import numpy.typing as npt
 import orjson
 import redis
 
+from .reservoir_sampling import reservoir_picks
+
 __all__ = ["FeatureStore", "LabelSet", "LabelStore", "LabelWrite", "TrafficReservoir", "is_held_back", "pack_rows",
            "unpack_rows"]
 
@@ -33,18 +37,17 @@ _SEP = b"\x00"
 #: to 168 HMGETs (one pipeline) for a 7-day TTL.
 _BUCKET_S = 3600
 
-# KEYS: counter, pool; ARGV: capacity, then per row: uniform u in [0,1), packed row
+# KEYS: pool, positions; ARGV: per kept row: slot, stream position, packed row. A slot keeps the row
+# with the latest stream position, so two scorers whose batches reach Redis out of order still
+# leave algorithm R's result.
 _RESERVOIR_LUA = """
-local capacity = tonumber(ARGV[1])
-local n_rows = (#ARGV - 1) / 2
-local seen = redis.call('INCRBY', KEYS[1], n_rows) - n_rows
 local written = 0
-for i = 0, n_rows - 1 do
-  local t = seen + i
-  local slot = t
-  if t >= capacity then slot = math.floor(tonumber(ARGV[2 + 2 * i]) * (t + 1)) end
-  if slot < capacity then
-    redis.call('HSET', KEYS[2], slot, ARGV[3 + 2 * i])
+for i = 1, #ARGV, 3 do
+  local slot, position = ARGV[i], tonumber(ARGV[i + 1])
+  local current = tonumber(redis.call('HGET', KEYS[2], slot) or '-1')
+  if position > current then
+    redis.call('HSET', KEYS[2], slot, ARGV[i + 1])
+    redis.call('HSET', KEYS[1], slot, ARGV[i + 2])
     written = written + 1
   end
 end
@@ -123,20 +126,26 @@ class TrafficReservoir:
         self.client = client
         self.counter_key = f"{prefix}:reservoir:seen"
         self.pool_key = f"{prefix}:reservoir:pool"
+        self.positions_key = f"{prefix}:reservoir:positions"
         self.capacity = capacity
         self._script = client.register_script(_RESERVOIR_LUA)
 
     def queue_offer(self, pipe: redis.client.Pipeline, event_ids: Sequence[str], X: npt.NDArray[np.float32],
-                    rng: np.random.Generator) -> None:
-        """Offer a batch to the reservoir inside ``pipe`` (one script call per batch)."""
+                    rng: np.random.Generator) -> int:
+        """Reserve this batch's stream positions (one ``INCRBY`` now), then queue the kept rows in
+        ``pipe``; returns how many rows were kept."""
         if not event_ids:
-            return
-        packed = pack_rows(event_ids, X)
-        uniforms = rng.random(len(packed)).tolist()
-        args: list[object] = [self.capacity]
-        for u, row in zip(uniforms, packed):
-            args += [repr(u), row]
-        self._script(keys=[self.counter_key, self.pool_key], args=args, client=pipe)
+            return 0
+        seen = int(self.client.incrby(self.counter_key, len(event_ids))) - len(event_ids)
+        rows, slots = reservoir_picks(seen, len(event_ids), self.capacity, rng)
+        if not len(rows):
+            return 0
+        packed = pack_rows([event_ids[r] for r in rows.tolist()], np.asarray(X)[rows])
+        args: list[object] = []
+        for row, slot, blob in zip(rows.tolist(), slots.tolist(), packed):
+            args += [slot, seen + row, blob]
+        self._script(keys=[self.pool_key, self.positions_key], args=args, client=pipe)
+        return len(rows)
 
     def sample(self, n_features: int) -> tuple[list[str], npt.NDArray[np.float32]]:
         """Everything currently in the pool (at most ``capacity`` rows)."""
