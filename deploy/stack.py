@@ -20,9 +20,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..schemas.errors import StackError
 from ..schemas.settings import StackSettings
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["LocalStack", "StackInfo", "free_port"]
 
@@ -54,6 +58,10 @@ class StackInfo:
     run_dir: str
     started_at: float
     startup_s: float
+    #: whether Kafka speaks SASL_SSL and Redis TLS + ACL (``stack up --secure``)
+    secure: bool = False
+    #: the TOML file with matching client settings (``protoguard --config FILE ...``); secure stacks only
+    client_config: str | None = None
 
     @classmethod
     def read(cls, run_dir: Path) -> StackInfo | None:
@@ -82,12 +90,22 @@ def _run(cmd: list[str], what: str, **kwargs: object) -> subprocess.CompletedPro
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-2000:]
-        raise StackError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        shown = " ".join("<redacted>" if "password=" in arg else arg for arg in cmd)  # SCRAM users on argv
+        raise StackError(f"{what} failed (exit {proc.returncode}): {shown}\n{tail}")
     return proc
 
 
 class LocalStack:
-    """The local stack described by ``settings``; methods are idempotent where it makes sense."""
+    """The local stack described by ``settings``; methods are idempotent where it makes sense.
+
+    Plain: Kafka PLAINTEXT and Redis without a password, both on loopback. The ``_``-prefixed
+    hooks (config templates, extra format arguments, client security, client settings file) are
+    what :class:`~protoguard.deploy.secure_stack.SecureLocalStack` overrides.
+    """
+
+    #: whether this stack is the secured variant (recorded in stack.json)
+    secure = False
+    _redis_scheme = "redis"
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
@@ -152,6 +170,9 @@ class LocalStack:
         """Start Kafka and Redis and wait until both answer; return what was started."""
         running = self.status()
         if running is not None:
+            if running.secure != self.secure:
+                raise StackError(f"a {'secure' if running.secure else 'plain'} stack is already running from "
+                                 f"{self.run_dir}; run `protoguard stack down` first")
             return running
         self.down()  # clear a half-dead previous stack (one process died)
         started = time.monotonic()
@@ -159,10 +180,11 @@ class LocalStack:
         redis_bin = self.ensure_redis_server()
         s = self.settings
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare()
         redis_pid = self._start_redis(redis_bin)
         kafka_pid = self._start_kafka(libs)
         bootstrap = f"127.0.0.1:{s.kafka_port}"
-        redis_url = f"redis://127.0.0.1:{s.redis_port}/0"
+        redis_url = f"{self._redis_scheme}://127.0.0.1:{s.redis_port}/0"
         try:
             self._wait_redis(redis_url, redis_pid)
             self._wait_kafka(bootstrap, kafka_pid)
@@ -179,6 +201,8 @@ class LocalStack:
             run_dir=str(self.run_dir),
             started_at=time.time(),
             startup_s=round(time.monotonic() - started, 2),
+            secure=self.secure,
+            client_config=self._write_client_config(bootstrap, redis_url),
         )
         (self.run_dir / "stack.json").write_text(json.dumps(asdict(info), indent=2))
         return info
@@ -201,16 +225,46 @@ class LocalStack:
         match = re.search(r"Kafka version: (\S+)", log.read_text(errors="replace"))
         return match.group(1) if match else None
 
+    # ---------------------------------------------------------------- hooks (the secure stack overrides these)
+    def _prepare(self) -> None:
+        """Runs before the services start (the secure stack makes its CA and passwords here)."""
+
+    def _redis_conf(self, data_dir: Path) -> str:
+        return (_DEPLOY_DIR / "redis.conf").read_text().format(
+            redis_port=self.settings.redis_port, data_dir=data_dir, log_file=self.run_dir / "redis.log"
+        )
+
+    def _server_properties(self, data_dir: Path) -> str:
+        s = self.settings
+        return (_DEPLOY_DIR / "server.properties").read_text().format(
+            kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=data_dir
+        )
+
+    def _format_args(self) -> list[str]:
+        """Extra ``StorageTool format`` arguments (SCRAM users for the secure stack)."""
+        return []
+
+    def _kafka_security(self) -> dict[str, object]:
+        """kafka-python security keywords for the readiness check's admin client."""
+        return {}
+
+    def _redis_client(self, url: str) -> redis.Redis:
+        import redis
+
+        return redis.Redis.from_url(url, socket_connect_timeout=1)
+
+    def _write_client_config(self, bootstrap: str, redis_url: str) -> str | None:
+        """Write client settings matching this stack; the plain stack needs none (the defaults)."""
+        return None
+
     # ---------------------------------------------------------------- internals
     def _start_redis(self, redis_bin: str) -> int:
         data = self.run_dir / "redis-data"
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)
-        conf = (_DEPLOY_DIR / "redis.conf").read_text().format(
-            redis_port=self.settings.redis_port, data_dir=data, log_file=self.run_dir / "redis.log"
-        )
         conf_path = self.run_dir / "redis.conf"
-        conf_path.write_text(conf)
+        conf_path.write_text(self._redis_conf(data))
+        os.chmod(conf_path, 0o600)
         proc = subprocess.Popen(
             [redis_bin, str(conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -226,11 +280,9 @@ class LocalStack:
         for folder in (data, logs, tmp):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        props = (_DEPLOY_DIR / "server.properties").read_text().format(
-            kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=data
-        )
         props_path = self.run_dir / "server.properties"
-        props_path.write_text(props)
+        props_path.write_text(self._server_properties(data))
+        os.chmod(props_path, 0o600)  # the secure variant holds the broker's own SCRAM and keystore passwords
         java = shutil.which("java")
         if java is None:
             raise StackError("java is not on PATH; Kafka 4.x needs Java 17+")
@@ -242,7 +294,8 @@ class LocalStack:
             f"-Djava.io.tmpdir={tmp}", f"-DZstdTempFolder={tmp}", f"-Dorg.xerial.snappy.tempdir={tmp}",
             "-cp", f"{libs}/*",
         ]
-        _run([*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props_path)],
+        _run([*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props_path),
+              *self._format_args()],
              "formatting the Kafka storage")
         with open(self.run_dir / "kafka.out", "wb") as out:
             proc = subprocess.Popen(
@@ -256,7 +309,7 @@ class LocalStack:
         import redis
 
         deadline = time.monotonic() + self.settings.start_timeout_s
-        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        client = self._redis_client(url)
         while True:
             if not _pid_alive(pid):
                 raise StackError(f"redis-server exited during start; see {self.run_dir / 'redis.log'}")
@@ -286,7 +339,7 @@ class LocalStack:
                 continue
             try:
                 admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                         bootstrap_timeout_ms=3000)
+                                         bootstrap_timeout_ms=3000, **self._kafka_security())
                 try:
                     admin.describe_cluster()
                     admin.list_topics()

@@ -44,8 +44,9 @@ def build_redis(target: RedisSettings | str) -> redis.Redis:
     ``target`` is the ``RedisSettings`` (or, for scripts and tests, just a URL).
     """
     settings = RedisSettings(url=target) if isinstance(target, str) else target
+    security = settings.security.redis_py_config(tls=settings.url.startswith("rediss://"))
     return redis.Redis.from_url(settings.url, decode_responses=False, socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=30)
+                                health_check_interval=30, **security)
 
 
 def _settings(kafka: KafkaTarget) -> KafkaSettings:
@@ -53,9 +54,9 @@ def _settings(kafka: KafkaTarget) -> KafkaSettings:
 
 
 def kafka_common_config(kafka: KafkaTarget) -> dict[str, Any]:
-    """What every client needs to reach the cluster (address; connection security goes here too)."""
+    """What every client needs to reach the cluster: the address and the connection security (SASL/TLS)."""
     k = _settings(kafka)
-    return {"bootstrap_servers": k.bootstrap_servers}
+    return {"bootstrap_servers": k.bootstrap_servers, **k.security.kafka_python_config()}
 
 
 def consumer_config(kafka: KafkaTarget, group_id: str, **overrides: Any) -> dict[str, Any]:
