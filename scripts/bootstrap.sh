@@ -38,4 +38,12 @@ else
 fi
 # Resolve the broker jars now (cached), so the first `stack up` is not slowed by downloads.
 (cd "$here" && "$venv/bin/python" -c "from protoguard.deploy.stack import LocalStack; from protoguard.schemas.settings import StackSettings; LocalStack(StackSettings()).ensure_kafka_jars()")
+# kubeconform for the deploy/ manifest tests: built once per pinned version from the Go module
+# proxy into ~/.cache/protoguard/tools (skipped, and those tests skip, where Go is missing).
+if command -v go >/dev/null 2>&1; then
+  (cd "$here" && "$venv/bin/python" -c "from protoguard.deploy.validation import ensure_kubeconform; ensure_kubeconform()") >&2 \
+    || echo "bootstrap: building kubeconform failed; the deploy/ manifest tests will say why" >&2
+else
+  echo "bootstrap: go not found; kubeconform (deploy/ manifest validation) will be skipped" >&2
+fi
 echo "$venv"
