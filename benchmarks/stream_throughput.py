@@ -1,15 +1,26 @@
-"""Stream benchmark on one broker: (a) bare kafka-python ceiling, (b) protoguard's scorer, (c) River HST.
+"""Stream benchmark of the deployed scorer against the client library's ceiling, on one broker.
 
-    python -m protoguard.benchmarks.stream_throughput [--n-events 100000] [--n-features 32] [--partitions 4]
+    python -m protoguard.benchmarks.stream_throughput [--shapes unsw,synthetic32] [--n-events 60000]
 
-(a) consumes the events topic in a consumer group and produces 2 % of the messages to another
-    topic, committing per batch: the most any Python consumer on kafka-python can do here.
-(b) protoguard's ScoringWorker (decode, validate, MNP forward pass, alerts, dead letters,
-    Redis features + reservoir, commit after acks) on the same topic and partitions.
-(c) River's HalfSpaceTrees scoring (score_one + learn_one) the same events one by one after the
-    same JSON decoding (orjson), without Kafka: an upper bound for a per-event River scorer.
-Then the event-to-alert latency of (b) with events produced at half of (b)'s peak rate.
-Starts its own stack on free ports (deploy/), prints a table and writes --out JSON.
+For each event shape (the bundled UNSW-NB15 sample: 186 features, about 3.6 KB of JSON; and
+32-feature synthetic events), a 4-partition topic is filled once, then each contender consumes
+the whole backlog in its own consumer group, **as a separate process**:
+
+(a) bare kafka-python (``benchmarks/stream_ceiling.py``): consume, produce 2 % to another topic,
+    wait for acks, commit, per poll: the most a kafka-python consumer that delivers at least once
+    can do here;
+(b) ``protoguard score`` with ``--workers 1`` and ``--workers 2`` (decode, validate, 3-member MNP,
+    alerts, dead letters, Redis features + reservoir, commit after acks);
+(c) River ``HalfSpaceTrees`` (``score_one`` + ``learn_one``) on the same events after orjson
+    decoding, in this process and without Kafka: an upper bound for a per-event River scorer;
+(d) confluent-kafka doing (a), when installed (the ``bench`` extra).
+
+The clock is the group's committed offsets, sampled every 50 ms: a contender's rate is the events
+committed between its first and its last commit over that time (start-up and joining excluded,
+for every contender alike). Then (e) the event-to-alert latency of ``protoguard score`` with
+events produced at half of (b)'s one-worker rate (event time stamped at send; alert time = the
+alert record's CreateTime), and (f) the CPU the idle scorer uses. Every wait has a deadline; a
+stall prints what stalled (offsets, process state, log tail) instead of hanging.
 """
 from __future__ import annotations
 
@@ -21,40 +32,60 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
-import torch
+from kafka.errors import KafkaError
 
-from ..deploy.stack import LocalStack, free_port
-from ..schemas.settings import KafkaSettings, StackSettings, StreamSettings
-from ..stream.clients import build_consumer, build_producer, build_redis, ensure_topics
-from ..stream.reload import ModelWatcher
-from ..stream.worker import ScoringWorker, WorkerStores
-from ..trainer.detectors.mnp import MNPDetector
+from ..deploy.stack import LocalStack, StackInfo, free_port
+from ..schemas.settings import StackSettings
+from ..stream.clients import build_admin, build_consumer, build_producer, build_redis, ensure_topics
+from ..stream.replay import encode_events, load_dataset
 from ..trainer.registry import ModelRegistry
-from ..trainer.store import FeatureStore, TrafficReservoir
-from ..trainer.training import calibrate, finalize_manifest
+
+_SAMPLE = Path(__file__).resolve().parents[1] / "protoguard" / "data" / "unsw_nb15_sample.npz"
 
 
-def _events(n: int, d: int, seed: int = 0) -> tuple[list[bytes], np.ndarray, list[str]]:
-    rng = np.random.default_rng(seed)
-    names = [f"f{i:02d}" for i in range(d)]
-    X = rng.normal(size=(n, d)).astype(np.float32)
-    X[rng.random(n) < 0.02] += 4.0
-    now = time.time()
-    values = [orjson.dumps({"event_id": f"b{i}", "ts": now, "entity": f"h{i % 101}", "features": dict(zip(names, row))})
-              for i, row in enumerate(X.round(5).tolist())]
-    return values, X, names
+class Stalled(RuntimeError):
+    """A contender stopped making progress before its deadline."""
 
 
-def _produce(bootstrap: str, topic: str, values: list[bytes], rate: float = 0.0, stamp: bool = False) -> None:
+@dataclass
+class Shape:
+    name: str
+    X: np.ndarray
+    names: list[str]
+    values: list[bytes]
+
+
+def make_shape(name: str, n_events: int, seed: int = 0) -> Shape:
+    if name == "unsw":
+        data = load_dataset(_SAMPLE)
+        reps = int(np.ceil(n_events / len(data.X)))
+        X = np.concatenate([data.X] * reps)[:n_events]
+        names = data.feature_names
+    else:
+        d = int(name.removeprefix("synthetic"))
+        rng = np.random.default_rng(seed)
+        names = [f"f{i:02d}" for i in range(d)]
+        X = rng.normal(size=(n_events, d)).astype(np.float32)
+        X[rng.random(n_events) < 0.02] += 4.0
+        X = X.round(5)
+    values = [v for _, v, _ in encode_events(X, names, id_prefix=f"{name}")]
+    return Shape(name, X, names, values)
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], *, rate: float = 0.0, stamp: bool = False) -> float:
+    """Send ``values`` (keyed by entity) at ``rate`` per second (0 = as fast as possible); returns seconds."""
     producer = build_producer(bootstrap, linger_ms=5)
     start = time.monotonic()
     for i, v in enumerate(values):
-        if stamp:  # fresh event time, for latency measurement
+        if stamp:  # the event time is the send time, so that latency is measured from here
             obj = orjson.loads(v)
             obj["ts"] = time.time()
             v = orjson.dumps(obj)
@@ -65,151 +96,307 @@ def _produce(bootstrap: str, topic: str, values: list[bytes], rate: float = 0.0,
                 time.sleep(delay)
     producer.flush()
     producer.close()
+    return time.monotonic() - start
 
 
-def bare_loop(bootstrap: str, topic: str, out_topic: str, n: int) -> float:
-    consumer = build_consumer(bootstrap, f"bare-{uuid.uuid4().hex[:6]}", topic, max_poll_records=2048)
-    producer = build_producer(bootstrap)
-    seen = 0
-    start = None
-    while seen < n:
-        polled = consumer.poll(timeout_ms=200, max_records=2048)
-        records = [r for rs in polled.values() for r in rs]
-        if not records:
-            continue
-        start = start or time.monotonic()
-        for r in records[:: 50]:  # 2 % of the messages
-            producer.send(out_topic, value=r.value)
-        producer.flush()
-        consumer.commit()
-        seen += len(records)
-    elapsed = time.monotonic() - (start or time.monotonic())
+def committed(admin: Any, group: str) -> int:
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    except KafkaError:  # the group has no coordinator or no commits yet
+        return 0
+    return int(sum(max(0, o.offset) for o in offsets.values()))
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def clock_run(admin: Any, group: str, n_events: int, process: subprocess.Popen[bytes], log_path: Path, *,
+              deadline_s: float, stall_s: float = 60.0) -> dict[str, float]:
+    """Sample the group's committed offsets until ``n_events`` are committed; the rate between the
+    first and the last commit. Raises ``Stalled`` (with what stalled) on no progress or a deadline."""
+    t_end_deadline = time.monotonic() + deadline_s
+    first: tuple[float, int] | None = None
+    last_progress, last_value = time.monotonic(), 0
+    while True:
+        now = time.monotonic()
+        value = committed(admin, group)
+        if value > last_value:
+            last_progress, last_value = now, value
+            if first is None:
+                first = (now, value)
+        if value >= n_events:
+            break
+        if process.poll() is not None and value < n_events:
+            raise Stalled(f"process exited with {process.returncode} at {value}/{n_events} committed; log tail:\n"
+                          f"{_tail(log_path)}")
+        if now - last_progress > stall_s or now > t_end_deadline:
+            raise Stalled(f"no progress for {now - last_progress:.0f} s at {value}/{n_events} committed "
+                          f"(process {'alive' if process.poll() is None else 'exited'}); log tail:\n{_tail(log_path)}")
+        time.sleep(0.05)
+    assert first is not None
+    elapsed = max(1e-6, time.monotonic() - first[0])
+    return {"events_per_s": (n_events - first[1]) / elapsed, "window_s": elapsed, "n_events": n_events,
+            "first_commit_events": first[1]}
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
+
+
+class Bench:
+    """One stack, one Redis prefix; launches contenders as processes and times them."""
+
+    def __init__(self, info: StackInfo, workdir: Path, partitions: int) -> None:
+        self.info = info
+        self.workdir = workdir
+        self.partitions = partitions
+        self.admin = build_admin(info.bootstrap_servers)
+        self.token = uuid.uuid4().hex[:6]
+
+    def topics(self, name: str) -> dict[str, str]:
+        t = f"{name}-{self.token}"
+        topics = {"events": f"bench-events-{t}", "alerts": f"bench-alerts-{t}", "dlq": f"bench-dlq-{t}",
+                  "copy": f"bench-copy-{t}"}
+        ensure_topics(self.info.bootstrap_servers, {topics["events"]: self.partitions, topics["alerts"]: self.partitions,
+                                                    topics["dlq"]: 1, topics["copy"]: self.partitions})
+        return topics
+
+    def scorer_env(self, topics: dict[str, str], group: str, prefix: str, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PROTOGUARD_KAFKA__BOOTSTRAP_SERVERS": self.info.bootstrap_servers,
+                "PROTOGUARD_KAFKA__EVENTS_TOPIC": topics["events"], "PROTOGUARD_KAFKA__ALERTS_TOPIC": topics["alerts"],
+                "PROTOGUARD_KAFKA__DLQ_TOPIC": topics["dlq"], "PROTOGUARD_KAFKA__CONSUMER_GROUP": group,
+                "PROTOGUARD_KAFKA__N_PARTITIONS": str(self.partitions),
+                "PROTOGUARD_REDIS__URL": self.info.redis_url, "PROTOGUARD_REDIS__PREFIX": prefix,
+                "OMP_NUM_THREADS": "1", **extra}
+
+    def launch(self, argv: list[str], env: dict[str, str] | None, label: str) -> tuple[subprocess.Popen[bytes], Path]:
+        log_path = self.workdir / f"{label}-{uuid.uuid4().hex[:4]}.log"
+        fh = log_path.open("wb")
+        return subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT), log_path
+
+    def scorer(self, topics: dict[str, str], prefix: str, workers: int, n: int, label: str) -> dict[str, float]:
+        group = f"pg-{label}-{uuid.uuid4().hex[:6]}"
+        argv = [sys.executable, "-m", "protoguard.cli.main", "--log-level", "WARNING", "score", "--workers", str(workers)]
+        process, log_path = self.launch(argv, self.scorer_env(topics, group, prefix), label)
+        try:
+            return clock_run(self.admin, group, n, process, log_path, deadline_s=900)
+        finally:
+            stop(process)
+
+    def ceiling(self, topics: dict[str, str], client: str, n: int) -> dict[str, float]:
+        group = f"bare-{client}-{uuid.uuid4().hex[:6]}"
+        argv = [sys.executable, "-m", "protoguard.benchmarks.stream_ceiling", "--client", client,
+                "--bootstrap", self.info.bootstrap_servers, "--topic", topics["events"], "--out-topic", topics["copy"],
+                "--group", group, "--n-events", str(n)]
+        process, log_path = self.launch(argv, None, client)
+        try:
+            return clock_run(self.admin, group, n, process, log_path, deadline_s=900)
+        finally:
+            stop(process)
+
+    def latency_and_idle(self, shape: Shape, prefix: str, rate: float, seconds: float, idle_s: float) -> dict[str, float]:
+        """(e) event-to-alert latency at ``rate``; (f) the scorer's CPU while idle afterwards."""
+        topics = self.topics(f"{shape.name}-lat")
+        group = f"pg-lat-{uuid.uuid4().hex[:6]}"
+        argv = [sys.executable, "-m", "protoguard.cli.main", "--log-level", "WARNING", "score"]
+        process, log_path = self.launch(argv, self.scorer_env(topics, group, prefix), "latency")
+        try:
+            warm = shape.values[:200]  # join the group and load the model before the clock starts
+            produce(self.info.bootstrap_servers, topics["events"], warm)
+            clock_run(self.admin, group, len(warm), process, log_path, deadline_s=120)
+            n = int(rate * seconds)
+            values = (shape.values * (1 + n // len(shape.values)))[:n]
+            produce(self.info.bootstrap_servers, topics["events"], values, rate=rate, stamp=True)
+            clock_run(self.admin, group, len(warm) + n, process, log_path, deadline_s=120)
+            time.sleep(3.0)  # let the scorer settle into its idle loop
+            cpu = _cpu_seconds(process.pid)
+            time.sleep(idle_s)
+            idle_cpu = (_cpu_seconds(process.pid) - cpu) / idle_s
+        finally:
+            stop(process)
+        lat = read_latencies(self.info.bootstrap_servers, topics["alerts"], skip_ids={f"{shape.name}-{i}" for i in range(len(warm))})
+        return {"rate_eps": rate, "n_events": n, **lat, "idle_cpu_share_of_core": idle_cpu}
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_latencies(bootstrap: str, topic: str, skip_ids: set[str]) -> dict[str, float]:
+    consumer = build_consumer(bootstrap, f"lat-read-{uuid.uuid4().hex[:6]}", topic)
+    lat: list[float] = []
+    idle = 0
+    while idle < 6:
+        polled = consumer.poll(timeout_ms=500)
+        idle = 0 if polled else idle + 1
+        for records in polled.values():
+            for r in records:
+                alert = orjson.loads(r.value)
+                if alert["event_id"] in skip_ids:
+                    continue
+                lat.append(r.timestamp / 1000 - datetime.fromisoformat(alert["ts"]).timestamp())
     consumer.close()
-    producer.close()
-    return n / elapsed
+    arr = np.asarray(lat) * 1000
+    if not len(arr):
+        return {"n_alerts": 0}
+    return {"n_alerts": int(len(arr)), "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
+            "max_ms": float(arr.max())}
 
 
-def river_loop(values: list[bytes], names: list[str]) -> float:
+def river_rate(values: list[bytes], seconds: float = 20.0) -> dict[str, float]:
     from river.anomaly import HalfSpaceTrees
 
     model = HalfSpaceTrees(n_trees=25, height=8, window_size=250, seed=0)
     start = time.monotonic()
+    n = 0
     for v in values:
         features = orjson.loads(v)["features"]
         model.score_one(features)
         model.learn_one(features)
-    return len(values) / (time.monotonic() - start)
+        n += 1
+        if time.monotonic() - start > seconds:
+            break
+    return {"events_per_s": n / (time.monotonic() - start), "n_events": n}
 
 
-def _model(registry: ModelRegistry, X: np.ndarray, names: list[str]) -> str:
+def register_model(redis_url: str, prefix: str, shape: Shape) -> str:
+    """The product's 3-member MNP (architecture as shipped; few epochs: the fit's quality is not
+    what this benchmark measures), threshold at a 2 % alert budget."""
+    from ..trainer.detectors.mnp import MNPDetector
+    from ..trainer.training import calibrate, finalize_manifest
+
+    X = shape.X[:5000]
     y = np.zeros(len(X), dtype=np.int64)
-    y[np.flatnonzero(np.abs(X).mean(1) > 2)[:10]] = 1
-    det = MNPDetector(validation="fixed_epochs", max_epochs=3, pretrain_max_epochs=3, n_batches_per_epoch=16,
-                      n_prototypes=4, random_state=0)
-    det.fit(X[:5000], y[:5000], feature_names=names)
-    threshold, calibration = calibrate(det.score(X[:5000]), alert_budget=0.02)
+    y[np.argsort(-np.abs(X - X.mean(0)).sum(1))[:10]] = 1
+    det = MNPDetector(n_members=3, validation="fixed_epochs", max_epochs=3, pretrain_max_epochs=3,
+                      n_batches_per_epoch=16, random_state=0, device="cpu")
+    det.fit(X, y, feature_names=shape.names)
+    threshold, calibration = calibrate(det.score(X), alert_budget=0.02)
     weights, manifest = det.save()
+    registry = ModelRegistry(build_redis(redis_url), prefix=prefix)
     version = registry.register(weights, finalize_manifest(manifest, threshold=threshold, calibration=calibration, summary={}))
     registry.promote(version)
     return version
 
 
-def _worker(info, topics: dict[str, str], prefix: str, group: str) -> ScoringWorker:
-    client = build_redis(info.redis_url)
-    kafka = KafkaSettings(bootstrap_servers=info.bootstrap_servers, events_topic=topics["events"],
-                          alerts_topic=topics["alerts"], dlq_topic=topics["dlq"], consumer_group=group)
-    stream = StreamSettings(max_batch=2048, max_wait_ms=20)
-    registry = ModelRegistry(client, prefix=prefix)
-    return ScoringWorker(build_consumer(info.bootstrap_servers, group, topics["events"], max_poll_records=2048),
-                         build_producer(info.bootstrap_servers), watcher=ModelWatcher(registry), kafka=kafka, stream=stream,
-                         stores=WorkerStores(client, FeatureStore(client, prefix=prefix), TrafficReservoir(client, prefix=prefix)))
+def _guarded(label: str, fn: Callable[[], dict[str, float]], stalls: list[str]) -> dict[str, float] | None:
+    print(f"  {label} ...", flush=True)
+    try:
+        result = fn()
+    except Stalled as exc:
+        stalls.append(f"{label}: {exc}")
+        print(f"  {label}: STALLED: {exc}", flush=True)
+        return None
+    print(f"  {label}: {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})}",
+          flush=True)
+    return result
 
 
-def protoguard_loop(info, topics: dict[str, str], prefix: str, n: int) -> float:
-    worker = _worker(info, topics, prefix, f"pg-{uuid.uuid4().hex[:6]}")
-    worker.watcher.start()
-    worker.watcher.refresh(force=True)
-    done = 0
-    start = None
-    while done < n:
-        outcome = worker.process_one_batch()
-        if outcome.n_records:
-            start = start or time.monotonic() - 0.0
-            done += outcome.n_records
-    elapsed = time.monotonic() - start
-    worker.close()
-    return n / elapsed
+def run_shape(bench: Bench, shape: Shape, args: argparse.Namespace, stalls: list[str]) -> dict[str, Any]:
+    print(f"shape {shape.name}: {len(shape.values)} events, {len(shape.names)} features, "
+          f"{np.mean([len(v) for v in shape.values[:1000]]):.0f} B/event", flush=True)
+    topics = bench.topics(shape.name)
+    produce(bench.info.bootstrap_servers, topics["events"], shape.values)
+    prefix = f"bench{bench.token}{shape.name}"
+    register_model(bench.info.redis_url, prefix, shape)
+    n = len(shape.values)
+    out: dict[str, Any] = {"n_events": n, "n_features": len(shape.names),
+                           "bytes_per_event": float(np.mean([len(v) for v in shape.values]))}
+    only = set(args.only.split(","))
+    if "a" in only:
+        out["a_kafka_python"] = _guarded("(a) bare kafka-python", lambda: bench.ceiling(topics, "kafka-python", n), stalls)
+    if "b1" in only:
+        out["b_scorer_1"] = _guarded("(b) protoguard score --workers 1", lambda: bench.scorer(topics, prefix, 1, n, "w1"),
+                                     stalls)
+    if "b2" in only:
+        out["b_scorer_2"] = _guarded("(b) protoguard score --workers 2", lambda: bench.scorer(topics, prefix, 2, n, "w2"),
+                                     stalls)
+    if "c" in only:
+        out["c_river_hst"] = _guarded("(c) River HalfSpaceTrees", lambda: river_rate(shape.values), stalls)
+    try:
+        import confluent_kafka  # noqa: F401
+        if "d" in only:
+            out["d_confluent"] = _guarded("(d) confluent-kafka", lambda: bench.ceiling(topics, "confluent-kafka", n), stalls)
+    except ImportError:
+        out["d_confluent"] = None
+    b1 = out.get("b_scorer_1")
+    if "e" in only and (b1 or args.latency_rate) and args.latency_s > 0:
+        rate = args.latency_rate or b1["events_per_s"] / 2
+        out["e_latency_half_load"] = _guarded(
+            "(e) latency at half load + (f) idle CPU",
+            lambda: bench.latency_and_idle(shape, prefix, rate, args.latency_s, args.idle_s), stalls)
+    return out
 
 
-def latency_run(info, topics: dict[str, str], prefix: str, values: list[bytes], rate: float) -> dict[str, float]:
-    """The scorer in its own process (as deployed), events produced at ``rate`` from this one."""
-    env = {**os.environ, "PROTOGUARD_KAFKA__BOOTSTRAP_SERVERS": info.bootstrap_servers,
-           "PROTOGUARD_KAFKA__EVENTS_TOPIC": topics["events"], "PROTOGUARD_KAFKA__ALERTS_TOPIC": topics["alerts"],
-           "PROTOGUARD_KAFKA__DLQ_TOPIC": topics["dlq"], "PROTOGUARD_KAFKA__CONSUMER_GROUP": f"lat-{uuid.uuid4().hex[:6]}",
-           "PROTOGUARD_REDIS__URL": info.redis_url, "PROTOGUARD_REDIS__PREFIX": prefix,
-           "PROTOGUARD_STREAM__MAX_WAIT_MS": "10", "OMP_NUM_THREADS": "1"}
-    scorer = subprocess.Popen([sys.executable, "-m", "protoguard.cli.main", "--log-level", "WARNING", "score"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(8)  # join the group, load the model
-    _produce(info.bootstrap_servers, topics["events"], values, rate=rate, stamp=True)
-    time.sleep(3)
-    scorer.terminate()
-    scorer.wait(timeout=60)
-    consumer = build_consumer(info.bootstrap_servers, f"lat-read-{uuid.uuid4().hex[:6]}", topics["alerts"])
-    lat = []
-    idle = 0
-    while idle < 5:
-        polled = consumer.poll(timeout_ms=500)
-        if not polled:
-            idle += 1
-        for rs in polled.values():
-            for r in rs:
-                alert = orjson.loads(r.value)
-                lat.append(r.timestamp / 1000 - datetime.fromisoformat(alert["ts"]).timestamp())
-    consumer.close()
-    arr = np.asarray(lat)
-    return {"n_alerts": int(len(arr)), "p50_ms": float(np.percentile(arr, 50) * 1000),
-            "p99_ms": float(np.percentile(arr, 99) * 1000)}
+def _rate(result: dict[str, Any] | None) -> float | None:
+    return None if not result else float(result["events_per_s"])
 
 
-def main() -> None:
+def table(results: dict[str, Any]) -> str:
+    lines = ["| shape | (a) kafka-python | (b) scorer, 1 worker | (b) 2 workers | (c) River HST | (d) confluent-kafka "
+             "| b1/a | b2/b1 | b1/c | p50 / p99 ms at half load | idle CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["shapes"].items():
+        a, b1, b2, c, d = (_rate(r.get(k)) for k in ("a_kafka_python", "b_scorer_1", "b_scorer_2", "c_river_hst", "d_confluent"))
+        lat = r.get("e_latency_half_load") or {}
+
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:,.0f}"
+
+        def ratio(x: float | None, y: float | None) -> str:
+            return "-" if not x or not y else f"{x / y:.2f}"
+        latency = f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f}" if "p50_ms" in lat else "-"
+        idle = f"{100 * lat['idle_cpu_share_of_core']:.1f} %" if "idle_cpu_share_of_core" in lat else "-"
+        lines.append(f"| {name} | {f(a)} | {f(b1)} | {f(b2)} | {f(c)} | {f(d)} | {ratio(b1, a)} | {ratio(b2, b1)} "
+                     f"| {ratio(b1, c)} | {latency} | {idle} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-events", type=int, default=100_000)
-    parser.add_argument("--n-features", type=int, default=32)
+    parser.add_argument("--shapes", default="unsw,synthetic32")
+    parser.add_argument("--n-events", type=int, default=60_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--river-events", type=int, default=20_000)
+    parser.add_argument("--latency-s", type=float, default=20.0, help="seconds of traffic at half load (0 = skip)")
+    parser.add_argument("--idle-s", type=float, default=20.0)
+    parser.add_argument("--only", default="a,b1,b2,c,d,e", help="contenders to run (a,b1,b2,c,d,e)")
+    parser.add_argument("--latency-rate", type=float, default=0.0,
+                        help="events/s for (e) (default: half of (b)'s one-worker rate)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/stream_throughput.json"))
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    run_dir = Path(tempfile.mkdtemp(prefix="pg-bench-"))
-    stack = LocalStack(StackSettings(run_dir=run_dir, kafka_port=free_port(), controller_port=free_port(), redis_port=free_port()))
+    workdir = Path(tempfile.mkdtemp(prefix="pg-bench-"))
+    stack = LocalStack(StackSettings(run_dir=workdir / "stack", kafka_port=free_port(), controller_port=free_port(),
+                                     redis_port=free_port()))
     info = stack.up()
+    stalls: list[str] = []
+    results: dict[str, Any] = {"partitions": args.partitions, "cpus": os.cpu_count(), "shapes": {}}
     try:
-        values, X, names = _events(args.n_events, args.n_features)
-        tok = uuid.uuid4().hex[:6]
-        topics = {"events": f"bench-events-{tok}", "alerts": f"bench-alerts-{tok}", "dlq": f"bench-dlq-{tok}",
-                  "copy": f"bench-copy-{tok}"}
-        ensure_topics(info.bootstrap_servers, {topics["events"]: args.partitions, topics["alerts"]: args.partitions,
-                                               topics["dlq"]: 1, topics["copy"]: args.partitions})
-        _produce(info.bootstrap_servers, topics["events"], values)
-        prefix = f"bench{tok}"
-        _model(ModelRegistry(build_redis(info.redis_url), prefix=prefix), X, names)
-        a = bare_loop(info.bootstrap_servers, topics["events"], topics["copy"], args.n_events)
-        b = protoguard_loop(info, topics, prefix, args.n_events)
-        c = river_loop(values[: args.river_events], names)
-        lat_topics = {**topics, "events": f"bench-lat-{tok}", "alerts": f"bench-lat-alerts-{tok}"}
-        ensure_topics(info.bootstrap_servers, {lat_topics["events"]: args.partitions, lat_topics["alerts"]: args.partitions})
-        n_lat = min(len(values), int(b / 2 * 20))  # about 20 s at half of (b)'s peak
-        lat = latency_run(info, lat_topics, prefix, values[:n_lat], rate=b / 2)
+        bench = Bench(info, workdir, args.partitions)
+        for name in args.shapes.split(","):
+            results["shapes"][name] = run_shape(bench, make_shape(name, args.n_events), args, stalls)
     finally:
         stack.down()
-    result = {"n_events": args.n_events, "n_features": args.n_features, "partitions": args.partitions,
-              "a_bare_kafka_python_eps": a, "b_protoguard_eps": b, "c_river_hst_eps": c,
-              "b_over_a": b / a, "b_over_c": b / c, "latency_at_half_load": {"rate_eps": b / 2, **lat}}
+    results["stalls"] = stalls
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(results, indent=2))
+    args.out.with_suffix(".md").write_text(table(results) + "\n")
+    print(table(results))
+    if stalls:
+        print("\nSTALLED:\n" + "\n".join(stalls))
+    return 1 if stalls else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

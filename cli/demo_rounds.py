@@ -120,6 +120,7 @@ class DemoRounds:
             version = outcome.model_version or version
         if done < n_records:
             raise TimeoutError(f"the scorer handled {done} of {n_records} records in {timeout_s:.0f} s")
+        self.scorer.flush_state()  # the analyst's labels are joined with these events' stored features
         return n_alerts, version
 
     def _read_alerts(self, n_expected: int, timeout_s: float = 60) -> list[dict]:

@@ -83,7 +83,8 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     argv.append("score")
     if args.exit_when_idle_s is not None:
         argv += ["--exit-when-idle-s", str(args.exit_when_idle_s)]
-    supervisor = WorkerSupervisor(argv, args.workers, metrics_port=settings.stream.metrics_port)
+    supervisor = WorkerSupervisor(argv, args.workers, metrics_port=settings.stream.metrics_port,
+                                  metrics_host=settings.stream.metrics_host)
     return supervisor.run()
 
 

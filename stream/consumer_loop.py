@@ -74,7 +74,8 @@ class ConsumerLoop:
         self._last_records_at = time.monotonic()
         self.membership = GroupMembership()
         topics = sorted(self.consumer.subscription() or ())
-        if topics:  # re-subscribe with the counting listener (same topics; before the first poll)
+        if topics:  # subscribe again with the counting listener (same topics; before the first poll)
+            self.consumer.unsubscribe()
             self.consumer.subscribe(topics, listener=self.membership)
 
     def request_stop(self, *_: Any) -> None:

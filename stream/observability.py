@@ -24,6 +24,7 @@ class ScorerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._served: tuple[str, str] | None = None
         r = self.registry
         self.events = Counter("protoguard_events_total", "Consumed events by outcome", ["outcome"], registry=r)
         self.alerts = Counter("protoguard_alerts_total", "Alerts published", registry=r)
@@ -52,7 +53,11 @@ class ScorerMetrics:
                                            registry=r)
 
     def set_model(self, version: str, detector: str) -> None:
-        self.model_info.clear()
+        # Zero the previous version's series rather than clear(): clearing is not supported by
+        # prometheus-client's multiprocess mode (``score --workers N``).
+        if self._served is not None:
+            self.model_info.labels(*self._served).set(0)
+        self._served = (version, detector)
         self.model_info.labels(version=version, detector=detector).set(1)
 
 

@@ -39,6 +39,7 @@ from .decode import DecodedBatch, decode_batch
 from .observability import HealthServer, ScorerMetrics
 from .reload import ModelWatcher
 from .scoring import score_batch
+from .state_writer import StateWriter
 
 __all__ = ["BatchOutcome", "ScoringWorker", "WorkerStores"]
 
@@ -59,7 +60,7 @@ class BatchOutcome:
     model_version: str | None = None
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     result: CommitResult | None = None
-    redis_written: bool = False
+    state_queued: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class ScoringWorker(ConsumerLoop):
         self.metrics = metrics or ScorerMetrics()
         self.health: HealthServer | None = None
         self._rng = np.random.default_rng(random_state)
-        self._redis_backoff = Backoff(initial_s=0.5, max_s=stream.max_backoff_s)
+        self.state = StateWriter(stores.client, stores.features, stores.reservoir, rng=self._rng,
+                                 on_skipped=self.metrics.redis_skipped.inc, max_backoff_s=stream.max_backoff_s)
         self._loop_backoff = Backoff(initial_s=0.2, max_s=stream.max_backoff_s)
         self._rejoins_seen = 0
         self._load_failures_seen = 0
@@ -107,7 +109,8 @@ class ScoringWorker(ConsumerLoop):
         return checks["partitions_assigned"] and checks["model_loaded"], checks
 
     def start_health_server(self) -> int:
-        self.health = HealthServer(self.metrics.registry, self.readiness, port=self.stream.metrics_port)
+        self.health = HealthServer(self.metrics.registry, self.readiness, port=self.stream.metrics_port,
+                                   host=self.stream.metrics_host)
         self.health.start()
         return self.health.port
 
@@ -185,6 +188,7 @@ class ScoringWorker(ConsumerLoop):
 
     def close(self) -> None:
         try:
+            self.state.close()
             self.close_clients()
         finally:
             self.watcher.close()
@@ -237,7 +241,7 @@ class ScoringWorker(ConsumerLoop):
             checkpoint.send(self.kafka.alerts_topic, key=key, value=value,
                             headers=[version_header, ("event_id", alert.event_id.encode())])
         self._send_dead_letters(checkpoint, records, decoded)
-        outcome.redis_written = self._write_state(decoded)
+        outcome.state_queued = self._write_state(decoded)
         outcome.result = result = checkpoint.commit()
         self.metrics.commits.labels(result=result.value).inc()
         if result is CommitResult.COMMITTED:
@@ -254,30 +258,13 @@ class ScoringWorker(ConsumerLoop):
                              error_class=r.error_class, message=r.message)
 
     def _write_state(self, decoded: DecodedBatch) -> bool:
-        """Feature rows and reservoir offers in one pipeline; skipped (and counted) while Redis is away.
+        """Hand the batch's feature rows and reservoir offer to the Redis writer thread (never blocks
+        the commit of what was scored and alerted: see ``state_writer``)."""
+        return self.state.offer(decoded.event_ids, decoded.X)
 
-        Never blocks the commit of what was scored and alerted: losing some training rows and
-        label joins during an outage is better than stopping detection.
-        """
-        if not len(decoded):
-            return True
-        if not self._redis_backoff.ready():
-            self.metrics.redis_skipped.inc(len(decoded))
-            return False
-        try:
-            pipe = self.stores.client.pipeline(transaction=False)
-            self.stores.features.queue_write(pipe, decoded.event_ids, decoded.X)
-            self.stores.reservoir.queue_offer(pipe, decoded.event_ids, decoded.X, self._rng)
-            pipe.execute()
-        except redis.RedisError as exc:
-            delay = self._redis_backoff.failed()
-            self.metrics.redis_skipped.inc(len(decoded))
-            log.warning("Redis write failed (%r): batch scored without storing its features; next try in %.1f s",
-                        exc, delay)
-            return False
-        if self._redis_backoff.succeeded():
-            log.info("Redis is back: storing features again")
-        return True
+    def flush_state(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every scored batch's features are in Redis (or were skipped)."""
+        return self.state.flush(timeout_s)
 
     def _record_metrics(self, checkpoint: Checkpoint, records: list[Any], decoded: DecodedBatch, n_alerts: int,
                         seconds: float) -> None:
