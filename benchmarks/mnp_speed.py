@@ -3,10 +3,16 @@
 What it measures: ``MNPDetector(**PRODUCT_MNP_PARAMS)`` (the retraining defaults of
 ``trainer/training.py``) fitted on the training part of ``unsw_nb15_backdoor.npz`` under the
 benchmark protocol (``benchmarks/protocol.py``: 57k rows x 196 features, 1 % of the training
-anomalies labelled), then ``score`` on the test part in batches of ``--batch`` rows (default 4096),
-timed over ``--repeats`` passes after one warm-up pass. Events/s = rows scored / wall time of
-``score`` calls, scaling included (``score`` takes raw features); AUC-PR of that fit is printed too
-so a fast-but-broken model shows. Writes ``benchmarks/results/mnp_speed.json``.
+anomalies labelled), then ``score`` on the test part in batches of ``--batch`` rows (default
+4096; a comma list times each size on the same fit), timed over ``--repeats`` passes after one
+warm-up pass. Events/s = rows scored / wall time of ``score`` calls, scaling included (``score``
+takes raw features); AUC-PR of that fit is printed too so a fast-but-broken model shows. Writes
+``benchmarks/results/mnp_speed.json``.
+
+``--compare-per-member`` also times the per-member path that ``score`` used before the stacked
+forward (``trainer/detectors/mnp_stacked.py``): numpy scaling, then each member's network in turn,
+averaged. Both are timed on the same fit, interleaved repeat by repeat, so a shared machine's load
+affects both alike (the speed-up is the robust number, the absolute rates are not).
 
 Run (2 shared cores, one torch thread, low priority)::
 
@@ -17,12 +23,15 @@ Run (2 shared cores, one torch thread, low priority)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,16 +48,34 @@ _DEFAULT_DATA = _REPO_ROOT.parent / "shared" / "datasets" / "tabular" / "unsw_nb
 _DEFAULT_OUT = _REPO_ROOT / "benchmarks" / "results" / "mnp_speed.json"
 
 
-def _throughput(det: MNPDetector, X: np.ndarray, batch: int, repeats: int) -> list[float]:
-    """Events/s of ``score`` over all of ``X`` in ``batch``-row calls, one value per repeat."""
+def per_member_score(det: MNPDetector, X: np.ndarray) -> np.ndarray:
+    """``MNPDetector.score`` as it was before the stacked forward: one member network at a time."""
+    Xt = det._prepared(X)
+    if len(det.members_) == 1:
+        return det._forward_scores(det.network_, Xt)
+    return np.mean([det._forward_scores(m, Xt) for m in det.members_], axis=0).astype(np.float32)
+
+
+def _throughput(score: Callable[[np.ndarray], Any], X: np.ndarray, batch: int, repeats: int,
+                other: Callable[[np.ndarray], Any] | None = None) -> list[tuple[list[float], list[float]]]:
+    """Events/s of ``score`` (and of ``other``, interleaved) over all of ``X`` in ``batch``-row calls,
+    one value per repeat: (per wall second, per CPU second of this process) for each function.
+
+    Events per CPU second is reported because the 2-core dev box is shared: other jobs take wall
+    time from us, not (much) CPU time; on a GPU it is host time only and means little.
+    """
     batches = [X[i:i + batch] for i in range(0, len(X), batch)]
-    det.score(batches[0])  # warm-up (allocator, lazy init)
-    rates = []
+    fns = [score] if other is None else [score, other]
+    rates: list[tuple[list[float], list[float]]] = [([], []) for _ in fns]
+    for fn in fns:
+        fn(batches[0])  # warm-up (allocator, lazy init)
     for _ in range(repeats):
-        started = time.perf_counter()
-        for b in batches:
-            det.score(b)
-        rates.append(len(X) / (time.perf_counter() - started))
+        for fn, (wall, cpu) in zip(fns, rates):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for b in batches:
+                fn(b)
+            wall.append(len(X) / (time.perf_counter() - started))
+            cpu.append(len(X) / max(time.process_time() - started_cpu, 1e-9))
     return rates
 
 
@@ -56,41 +83,74 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=_DEFAULT_DATA)
     parser.add_argument("--seeds", default="42,43,44", help="one fit per seed (default 42,43,44)")
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batch", default="4096", help="rows per score call; a comma list times each (default 4096)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--members", type=int, default=PRODUCT_MNP_PARAMS["n_members"],
                         help=f"n_members (default the product's {PRODUCT_MNP_PARAMS['n_members']})")
+    parser.add_argument("--compare-per-member", action="store_true",
+                        help="also time the per-member path score used before the stacked forward")
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT)
     args = parser.parse_args()
+    batch_sizes = [int(b) for b in str(args.batch).split(",")]
     torch.set_num_threads(args.threads)
     params = {**PRODUCT_MNP_PARAMS, "n_members": args.members}
     console = Console(width=140)  # the table stays readable when piped to a log
     split = split_reference(args.data)
+    load_start = os.getloadavg()[0]
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         det = MNPDetector(**{**params, "device": args.device, "random_state": seed})
         started = time.perf_counter()
         det.fit(split.X_train, split.semi_y)
         fit_s = time.perf_counter() - started
-        rates = _throughput(det, split.X_test, args.batch, args.repeats)
-        metrics = detection_metrics(split.y_test, det.score(split.X_test))
+        by_batch: dict[str, Any] = {}
+        for size in batch_sizes:
+            other = functools.partial(per_member_score, det) if args.compare_per_member else None
+            timed = _throughput(det.score, split.X_test, size, args.repeats, other)
+            rates, cpu_rates = timed[0]
+            entry = by_batch[str(size)] = {
+                "events_per_s_median": round(statistics.median(rates)), "events_per_s_all": [round(r) for r in rates],
+                "events_per_cpu_s_median": round(statistics.median(cpu_rates)),
+            }
+            line = f"seed {seed}, batch {size}: {statistics.median(rates):,.0f} events/s ({statistics.median(cpu_rates):,.0f} per CPU s)"
+            if other is not None:
+                before, before_cpu = timed[1]
+                entry |= {
+                    "per_member_events_per_s_median": round(statistics.median(before)),
+                    "per_member_events_per_s_all": [round(r) for r in before],
+                    "per_member_events_per_cpu_s_median": round(statistics.median(before_cpu)),
+                    "speedup_median": round(statistics.median(a / b for a, b in zip(rates, before)), 3),
+                    "speedup_cpu_median": round(statistics.median(a / b for a, b in zip(cpu_rates, before_cpu)), 3),
+                }
+                line += (f"; per-member path {statistics.median(before):,.0f} ({statistics.median(before_cpu):,.0f}),"
+                         f" x{entry['speedup_median']:.2f} wall, x{entry['speedup_cpu_median']:.2f} CPU")
+            console.print(line)
+        first = by_batch[str(batch_sizes[0])]
+        scores = det.score(split.X_test)
+        metrics = detection_metrics(split.y_test, scores)
         summary = det.training_summary_
         runs.append({
-            "seed": seed, "fit_s": round(fit_s, 2), "events_per_s_median": round(statistics.median(rates)),
-            "events_per_s_all": [round(r) for r in rates], "auc_pr": round(metrics["auc_pr_trapz"], 4),
+            "seed": seed, "fit_s": round(fit_s, 2), "events_per_s_median": first["events_per_s_median"],
+            "events_per_s_all": first["events_per_s_all"], "auc_pr": round(metrics["auc_pr_trapz"], 4),
             "auc_roc": round(metrics["auc_roc"], 4), "pretrain_epochs": summary.get("pretrain_epochs"),
             "epochs": summary["epochs"], "stop_reason": summary["stop_reason"], "n_prototypes": summary["n_prototypes"],
         })
-        console.print(f"seed {seed}: fit {fit_s:.1f} s, {statistics.median(rates):,.0f} events/s, AUC-PR {runs[-1]['auc_pr']:.3f}")
+        if len(batch_sizes) > 1 or args.compare_per_member:
+            runs[-1]["by_batch"] = by_batch
+        if args.compare_per_member:
+            runs[-1]["max_abs_diff_vs_per_member"] = float(np.abs(scores - per_member_score(det, split.X_test)).max())
+        console.print(f"seed {seed}: fit {fit_s:.1f} s, {first['events_per_s_median']:,} events/s, AUC-PR {runs[-1]['auc_pr']:.3f}")
     fits = [r["fit_s"] for r in runs]
     eps = [r["events_per_s_median"] for r in runs]
     result = {
         "dataset": args.data.stem, "n_train": len(split.X_train), "n_features": split.X_train.shape[1],
-        "n_labelled": int(split.semi_y.sum()), "n_scored": len(split.X_test), "batch": args.batch,
+        "n_labelled": int(split.semi_y.sum()), "n_scored": len(split.X_test), "batch": batch_sizes[0],
         "repeats": args.repeats, "torch_threads": args.threads, "device": str(det.device_),
         "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        # The dev box is shared: the load average says how much the wall-clock rates were squeezed.
+        "load_avg_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "torch": torch.__version__, "params": params,
         "fit_s_mean": round(statistics.mean(fits), 2), "fit_s_std": round(statistics.pstdev(fits), 2),
         "events_per_s_mean": round(statistics.mean(eps)), "events_per_s_std": round(statistics.pstdev(eps)),
@@ -98,7 +158,7 @@ def main() -> None:
     }
     table = Table(title=f"MNP on {args.data.stem}: {result['n_train']} x {result['n_features']} train, "
                         f"{args.threads} torch thread(s), {result['device']}")
-    for col in ("seed", "fit s", "epochs (pre / joint)", "K", f"events/s @ {args.batch}", "AUC-PR", "AUC-ROC"):
+    for col in ("seed", "fit s", "epochs (pre / joint)", "K", f"events/s @ {batch_sizes[0]}", "AUC-PR", "AUC-ROC"):
         table.add_column(col, justify="right")
     for r in runs:
         pre = "+".join(str(e) for e in r["pretrain_epochs"] or [])

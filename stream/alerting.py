@@ -1,4 +1,5 @@
-"""Scores over threshold -> Alert messages. Pure; Python objects only for the (few) alerts."""
+"""Scores over threshold -> Alert messages. Pure; Python objects only for the (few) alerts, whose
+explanations :func:`~protoguard.stream.scoring.score_batch` computed for those rows only."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,22 +16,26 @@ __all__ = ["build_alerts"]
 
 def build_alerts(batch: DecodedBatch, scored: ScoredBatch, *, model_version: str,
                  feature_names: Sequence[str]) -> list[tuple[bytes, bytes, Alert]]:
-    """(key, value, alert) for every row whose score exceeds its threshold; key = entity."""
-    rows = np.flatnonzero(scored.is_alert)
+    """(key, value, alert) for every row whose score exceeds its threshold; key = entity.
+
+    Row ``r = scored.alert_rows[i]`` takes its event fields, score and threshold from row ``r`` of
+    the batch and its explanation from entry ``i`` of the explanation columns (explained rows only).
+    """
+    rows = scored.alert_rows if scored.alert_rows is not None else np.flatnonzero(scored.is_alert)
     out: list[tuple[bytes, bytes, Alert]] = []
-    for r in rows.tolist():
+    for i, r in enumerate(rows.tolist()):
         top: list[FeatureContribution] = []
         if scored.top_features is not None and scored.top_contributions is not None:
             top = [FeatureContribution(name=feature_names[int(f)], contribution=float(c))
-                   for f, c in zip(scored.top_features[r], scored.top_contributions[r])]
+                   for f, c in zip(scored.top_features[i], scored.top_contributions[i])]
         alert = Alert(
             alert_id=alert_id(batch.event_ids[r], model_version),
             event_id=batch.event_ids[r], entity=batch.entities[r], ts=batch.timestamps[r],
             score=float(scored.scores[r]), threshold=float(scored.thresholds[r]), model_version=model_version,
-            nearest_prototype=None if scored.nearest_prototype is None else int(scored.nearest_prototype[r]),
-            prototype_distance=None if scored.prototype_distance is None else float(scored.prototype_distance[r]),
+            nearest_prototype=None if scored.nearest_prototype is None else int(scored.nearest_prototype[i]),
+            prototype_distance=None if scored.prototype_distance is None else float(scored.prototype_distance[i]),
             top_features=top,
-            components={name: float(col[r]) for name, col in scored.components.items()},
+            components={name: float(col[i]) for name, col in scored.components.items()},
         )
         out.append((batch.entities[r].encode(), orjson.dumps(alert.model_dump(mode="json")), alert))
     return out

@@ -214,12 +214,15 @@ def test_members_are_independent_fits_whose_scores_are_averaged(data) -> None:
     det = MNPDetector(**{**params, "n_members": 3}).fit(X, y)
     assert len(det.members_) == 3 and det.network_ is det.members_[0]
     # Member 0 is exactly the one-member fit; the others are fitted with their own seeds but member 0's K.
-    np.testing.assert_array_equal(det._forward_scores(det.members_[0], det._prepared(X_test)), single.score(X_test))
+    np.testing.assert_array_equal(det._forward_scores(det.members_[0], det._prepared(X_test)),
+                                  single._forward_scores(single.network_, single._prepared(X_test)))
+    # score() runs the stacked forward: equal to the per-member network to float32 rounding.
+    np.testing.assert_allclose(det._forward_scores(det.members_[0], det._prepared(X_test)), single.score(X_test), atol=1e-6)
     assert {m.prototypes.shape for m in det.members_} == {(single.n_prototypes_, det.n_emb)}
     assert len(det.training_summary_["members"]) == 3
     member_scores = np.stack([det._forward_scores(m, det._prepared(X_test)) for m in det.members_])
     assert not np.allclose(member_scores[0], member_scores[1])  # members really differ
-    np.testing.assert_allclose(det.score(X_test), member_scores.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(det.score(X_test), member_scores.mean(0), rtol=1e-5)
     np.testing.assert_allclose(det.explain(X_test).score, det.score(X_test), rtol=1e-6)
     np.testing.assert_array_equal(MNPDetector(**{**params, "n_members": 3}).fit(X, y).score(X_test), det.score(X_test))
 
@@ -243,3 +246,112 @@ def test_members_round_trip_through_safetensors_and_warm_start(data, fitted: MNP
     # Warm start from a one-member champion seeds every member from it.
     warm = MNPDetector(**{**TINY, "n_members": 2, "max_epochs": 1}).fit(X, y, warm_start=fitted)
     assert len(warm.members_) == 2 and warm.n_prototypes_ == fitted.n_prototypes_
+
+
+# ----------------------------------------------------------------------------- stacked inference
+def _per_member_explanation(det: MNPDetector, X: np.ndarray, n_top: int) -> dict[str, np.ndarray]:
+    """What explain computed before the stacked module: each member's own network, one by one."""
+    from protoguard.trainer.detectors.mnp_network import per_feature_reconstruction
+
+    x = det._prepared(X)
+    with torch.inference_mode():
+        outs = [m.eval()(x) for m in det.members_]
+        contrib = torch.stack([per_feature_reconstruction(x, o.x_hat) / det.n_features_in_ for o in outs]).mean(0)
+        top = torch.topk(contrib, n_top, dim=1)
+        return {
+            "score": torch.stack([o.score for o in outs]).mean(0).numpy(),
+            "nearest_prototype": outs[0].sim.argmax(1).numpy(), "similarity": outs[0].s_max.numpy(),
+            "reconstruction_error": torch.stack([o.rec for o in outs]).mean(0).numpy(),
+            "top_features": top.indices.numpy(), "top_contributions": top.values.numpy(),
+            "likelihood_weights": torch.stack([torch.sigmoid(det.beta * o.s_max) for o in outs]).mean(0).numpy(),
+        }
+
+
+@pytest.fixture(scope="module")
+def fitted3(data) -> MNPDetector:
+    X, y, _, _ = data
+    return MNPDetector(**{**TINY, "n_members": 3}).fit(X, y)
+
+
+@pytest.mark.parametrize("n_members", [1, 3])
+def test_stacked_forward_matches_the_per_member_networks(n_members: int, fitted: MNPDetector, fitted3: MNPDetector,
+                                                         data) -> None:
+    """The batched forward of all members gives the members' own scores and explanations (CPU)."""
+    det = fitted if n_members == 1 else fitted3
+    assert det.stacked_.n_members == n_members == len(det.members_)
+    X_test = data[2]
+    ref = _per_member_explanation(det, X_test, n_top=3)
+    np.testing.assert_allclose(det.score(X_test), np.mean([det._forward_scores(m, det._prepared(X_test))
+                                                           for m in det.members_], axis=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(det.score(X_test), ref["score"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(det.likelihood_weights(X_test), ref["likelihood_weights"], rtol=0, atol=1e-5)
+    ex = det.explain(X_test, n_top=3)
+    np.testing.assert_allclose(ex.score, ref["score"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ex.similarity, ref["similarity"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ex.reconstruction_error, ref["reconstruction_error"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ex.top_contributions, ref["top_contributions"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ex.nearest_prototype, ref["nearest_prototype"])
+    np.testing.assert_array_equal(ex.top_features, ref["top_features"])
+    # The stacked weights survive save/load: the loaded detector rebuilds them.
+    loaded = MNPDetector.load(*det.save())
+    np.testing.assert_array_equal(loaded.score(X_test), det.score(X_test))
+
+
+def test_rows_are_independent_so_subsets_explain_alike(fitted3: MNPDetector, data) -> None:
+    """What the scorer relies on to explain only alert rows: a row's values do not depend on its batch."""
+    X_test = data[2]
+    full = fitted3.explain(X_test)
+    rows = np.array([3, 17, 600, 629])
+    part = fitted3.explain(X_test[rows])
+    for name in ("score", "similarity", "reconstruction_error", "top_contributions"):
+        np.testing.assert_allclose(getattr(part, name), getattr(full, name)[rows], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(part.top_features, full.top_features[rows])
+    np.testing.assert_array_equal(part.nearest_prototype, full.nearest_prototype[rows])
+    np.testing.assert_allclose(fitted3.score(X_test[rows]), fitted3.score(X_test)[rows], rtol=0, atol=1e-6)
+
+
+def test_inference_on_empty_read_only_and_non_finite_input(fitted3: MNPDetector, data) -> None:
+    empty = np.empty((0, 6), np.float32)
+    assert fitted3.score(empty).shape == (0,) and fitted3.score(empty).dtype == np.float32
+    ex = fitted3.explain(empty, n_top=2)
+    assert ex.top_features.shape == (0, 2) and ex.top_features.dtype == np.int64 and ex.score.shape == (0,)
+    assert fitted3.likelihood_weights(empty).shape == (0,)
+    frozen = data[2][:10].copy()
+    frozen.setflags(write=False)  # e.g. a memory-mapped file: no torch warning, same scores
+    np.testing.assert_array_equal(fitted3.score(frozen), fitted3.score(data[2][:10]))
+    np.testing.assert_allclose(fitted3.score(data[2][:10][::-1]), fitted3.score(data[2][:10])[::-1], rtol=0, atol=1e-6)
+    bad = data[2][:10].copy()
+    bad[4, 2] = np.nan
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        fitted3.score(bad)
+    bad[4, 2] = np.inf
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        fitted3.explain(bad)
+    with pytest.raises(ConfigError, match="fitted with 6"):
+        fitted3.score(np.zeros((3, 5), np.float32))
+    # Finite rows whose sum overflows float32 pass the device-side screen's exact fallback, as before.
+    assert fitted3.score(np.full((3, 6), 3e38, np.float32)).shape == (3,)
+
+
+def test_large_batches_are_chunked_to_the_same_scores(fitted: MNPDetector, monkeypatch: pytest.MonkeyPatch, data) -> None:
+    from protoguard.trainer.detectors import mnp
+
+    X_test = data[2]
+    whole = fitted.score(X_test)
+    monkeypatch.setattr(mnp, "_SCORE_CHUNK_ROWS", 100)  # 630 rows -> 7 chunks
+    np.testing.assert_allclose(fitted.score(X_test), whole, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(fitted.explain(X_test).top_features, fitted.explain(X_test[:100]).top_features.tolist()
+                                  + fitted.explain(X_test[100:]).top_features.tolist())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pinned_path_matches_cpu(fitted3: MNPDetector, data) -> None:
+    """On CUDA the rows go through pinned buffers and the scaler runs on the device."""
+    blob, manifest = fitted3.save()
+    on_gpu = MNPDetector.load(blob, manifest.model_copy(update={"params": {**manifest.params, "device": "cuda"}}))
+    assert on_gpu.stacked_.enc1_w.is_cuda and on_gpu._staging is not None
+    X_test = data[2]
+    np.testing.assert_allclose(on_gpu.score(X_test), fitted3.score(X_test), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(on_gpu.score(X_test[:7]), fitted3.score(X_test[:7]), rtol=0, atol=1e-5)  # buffer reuse
+    np.testing.assert_array_equal(on_gpu.explain(X_test).nearest_prototype, fitted3.explain(X_test).nearest_prototype)

@@ -8,10 +8,12 @@ place where this file had to choose is marked ``resolution:``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -28,7 +30,8 @@ from ...schemas.manifest import ModelManifest, ScalerStats
 from ..evaluation import auc_pr_trapz
 from .base import BaseDetector, check_is_fitted, resolve_device, sha256_hex, tensors_from_bytes, tensors_to_bytes
 from .mnp_losses import dwa_combine, likelihood_weights, prototype_loss, reconstruction_loss, score_loss
-from .mnp_network import DAELayer, MNPNetwork, hidden_width, per_feature_reconstruction
+from .mnp_network import DAELayer, MNPNetwork, hidden_width
+from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
 
 __all__ = ["MNPDetector", "MNPExplanation", "MNPValidation", "MNPVariant"]
 
@@ -42,8 +45,17 @@ _DAE_NOISE_STD = 0.05
 _ES_MIN_DELTA = 1e-4
 # MultiStepLR of the reference: lr x 0.4 after epoch 200 (never reached with the default 200 epochs).
 _LR_MILESTONE, _LR_GAMMA = 200, 0.4
-# Rows per forward pass when scoring: bounds memory on big batches, large enough to amortise overhead.
+# Rows per forward pass when scoring: bounds memory on big batches (the stacked pass holds two or
+# three (members, rows, D) float32 temporaries of 150 MB each at 3 members x 65,536 rows x 193
+# features), and is larger than any scorer micro-batch, so the hot path is a single forward.
 _SCORE_CHUNK_ROWS = 65_536
+# CPU only: float32 elements per (members, rows, D) temporary of one stacked forward (1 MiB), so
+# that the reconstruction tensors stay in cache. departure (issue 11 asks for one forward per
+# batch): that holds on a GPU, but on a CPU one forward over a big batch streams ~40 MB temporaries
+# through memory. Measured on the 2-core EPYC box (3 members, D = 193, 1 torch thread, CPU time):
+# one 16,384-row forward ~55-60k rows/s, 256-1,024-row blocks ~95-105k rows/s; the ~30 small ops a
+# block dispatches cost a few % of its compute. A GPU pays per launch instead, so it gets one pass.
+_CPU_BLOCK_FLOATS = 1 << 18
 # Frugal mode (spec Q5 resolution): shares of the data held out / dropped / subsampled.
 _FRUGAL_ANOMALY_HOLDOUT = 0.2
 _FRUGAL_UNLABELLED_HOLDOUT = 0.1
@@ -105,15 +117,23 @@ class _EarlyStopping:
             module.load_state_dict(self.best_state)
 
 
-def _as_matrix(X: Any, name: str, n_features: int | None = None) -> FloatMatrix:
-    """A float32 2-D copy-free view when possible; never modifies the caller's array."""
+def _non_finite_error(name: str) -> ConfigError:
+    return ConfigError(f"{name} contains NaN or infinite values; impute them before fit/score.")
+
+
+def _as_matrix(X: Any, name: str, n_features: int | None = None, *, check_finite: bool = True) -> FloatMatrix:
+    """A float32 2-D copy-free view when possible; never modifies the caller's array.
+
+    ``check_finite=False`` leaves the NaN/inf check to the caller: the inference path runs it on
+    the device, where it costs one reduction instead of a host pass over the whole batch.
+    """
     arr = np.asarray(X, dtype=np.float32)
     if arr.ndim != 2:
         raise ConfigError(f"{name} must be a 2-D array (rows x features). Got shape {arr.shape} instead.")
     if n_features is not None and arr.shape[1] != n_features:
         raise ConfigError(f"{name} has {arr.shape[1]} features but MNPDetector was fitted with {n_features}.")
-    if not np.all(np.isfinite(arr)):
-        raise ConfigError(f"{name} contains NaN or infinite values; impute them before fit/score.")
+    if check_finite and not np.all(np.isfinite(arr)):
+        raise _non_finite_error(name)
     return arr
 
 
@@ -165,6 +185,8 @@ class MNPDetector(BaseDetector):
     Attributes
     ----------
     members_ : list of MNPNetwork, one per member; network_ is members_[0].
+    stacked_ : StackedMNP, the members' weights stacked for one batched forward (``score``,
+        ``explain``, ``likelihood_weights``); rebuilt from ``members_`` by fit and load.
     network_, encoder_, decoder_, scorer_ : torch modules of the fitted model (member 0).
     prototypes_ : ndarray (K, n_emb), raw (unnormalised) prototypes.
     n_prototypes_, n_features_in_, feature_names_in_, scaler_min_, scaler_scale_, device_.
@@ -405,6 +427,9 @@ class MNPDetector(BaseDetector):
         net = self.network_ = members[0]
         self.encoder_, self.decoder_, self.scorer_ = net.encoder, net.decoder, net.scorer
         self.prototypes_ = net.prototypes.detach().cpu().numpy().copy()
+        # Built here (end of fit, end of load) and never per call: stacking copies every weight.
+        self.stacked_ = StackedMNP(members, self.scaler_min_, self.scaler_scale_).eval()
+        self._staging = PinnedStaging(self.device_) if self.device_.type == "cuda" else None
 
     def _transform(self, X: FloatMatrix) -> FloatMatrix:
         return ((X - self.scaler_min_) / self.scaler_scale_).astype(np.float32, copy=False)
@@ -588,6 +613,8 @@ class MNPDetector(BaseDetector):
 
     # ------------------------------------------------------------------ inference
     def _forward_scores(self, net: MNPNetwork, X: torch.Tensor) -> npt.NDArray[np.float32]:
+        """One member's scores on scaled rows: the validation of fit, and the per-member reference
+        that ``stacked_`` is tested against."""
         net.eval()
         with torch.inference_mode():
             parts = [net(X[i:i + _SCORE_CHUNK_ROWS]).score for i in range(0, len(X), _SCORE_CHUNK_ROWS)]
@@ -597,24 +624,67 @@ class MNPDetector(BaseDetector):
         check_is_fitted(self, "network_")
         return torch.from_numpy(self._transform(_as_matrix(X, "X", self.n_features_in_))).to(self.device_)
 
+    def _run_stacked(self, X: Any, reduce: Callable[[StackedForward], tuple[torch.Tensor, ...]]) -> list[npt.NDArray[Any]]:
+        """Raw rows -> one stacked forward of all members -> ``reduce`` on the device -> numpy columns.
+
+        The scorer's hot path: raw rows go to the device as they are (through a pinned buffer on
+        CUDA) and are validated and scaled there, so the host does one copy and no arithmetic. On
+        CUDA a batch of up to ``_SCORE_CHUNK_ROWS`` rows is a single forward (larger ones are
+        chunked); on CPU rows go in cache-sized blocks (``_CPU_BLOCK_FLOATS``).
+        """
+        check_is_fitted(self, "network_")
+        # Contiguous (torch.from_numpy refuses negative strides) and writable (it warns on
+        # read-only memory); both are no-ops for the scorer's freshly decoded matrix.
+        rows_all = np.ascontiguousarray(_as_matrix(X, "X", self.n_features_in_, check_finite=False))
+        if not rows_all.flags.writeable:
+            rows_all = rows_all.copy()
+        stacked, staging = self.stacked_, self._staging
+        step = _SCORE_CHUNK_ROWS
+        if self.device_.type == "cpu":
+            step = min(step, max(64, _CPU_BLOCK_FLOATS // (stacked.n_members * self.n_features_in_)))
+        with staging.lock if staging is not None else contextlib.nullcontext(), torch.inference_mode():
+            # The NaN/inf screen: a sum is finite iff every term is, barring overflow of huge finite
+            # values, which the exact host check below then clears. One reduction, no temporaries
+            # (torch.isfinite makes three passes with temporaries: ~6 % of CPU scoring time, profiled).
+            screen = torch.zeros((), dtype=torch.float32, device=self.device_)
+            parts = []
+            # range(..., max(n, 1), ...): an empty batch still makes one (empty) pass, so every
+            # column comes back with its dtype and trailing shape.
+            for start in range(0, max(len(rows_all), 1), step):
+                rows = rows_all[start:start + step]
+                if staging is not None and len(rows):
+                    raw = staging.upload(rows)
+                else:
+                    raw = torch.from_numpy(rows).to(self.device_)
+                screen += raw.sum()
+                parts.append(reduce(stacked(stacked.prepare(raw))))
+            columns = [part[0] if len(parts) == 1 else torch.cat(part) for part in zip(*parts)]
+            host = [self._to_host(c) for c in columns]
+            # .item() after the downloads, which already waited for the device.
+            if not math.isfinite(screen.item()) and not np.all(np.isfinite(rows_all)):
+                raise _non_finite_error("X")
+        return host
+
+    def _to_host(self, values: torch.Tensor) -> npt.NDArray[Any]:
+        """Device tensor -> numpy; float32 results go through the pinned buffer on CUDA."""
+        if self._staging is not None and values.dtype == torch.float32 and values.numel():
+            return self._staging.download(values).reshape(tuple(values.shape))
+        return values.cpu().numpy()
+
     def score(self, X: Any) -> npt.NDArray[np.float32]:
-        """phi(x) in (0, 1) per row, **higher = more anomalous** (the members' mean); chunked, no grad."""
-        Xt = self._prepared(X)
-        if len(self.members_) == 1:
-            return self._forward_scores(self.network_, Xt)
-        return np.mean([self._forward_scores(m, Xt) for m in self.members_], axis=0).astype(np.float32)
+        """phi(x) in (0, 1) per row, **higher = more anomalous** (the members' mean).
+
+        One batched forward of all members (``stacked_``), no grad; what the scorer calls on every
+        row of a micro-batch. Raises ConfigError on NaN or infinite features.
+        """
+        (scores,) = self._run_stacked(X, lambda out: (out.score.mean(0),))
+        return scores.astype(np.float32, copy=False)
 
     def likelihood_weights(self, X: Any) -> npt.NDArray[np.float32]:
         """omega-tilde = sigmoid(beta s_max(x)) per row, before batch renormalisation, averaged over
         the members (for reports)."""
-        Xt = self._prepared(X)
-        weights = []
-        with torch.inference_mode():
-            for net in self.members_:
-                net.eval()
-                s_max = torch.cat([net(Xt[i:i + _SCORE_CHUNK_ROWS]).s_max for i in range(0, len(Xt), _SCORE_CHUNK_ROWS)])
-                weights.append(torch.sigmoid(self.beta * s_max).float().cpu().numpy())
-        return np.mean(weights, axis=0).astype(np.float32)
+        (weights,) = self._run_stacked(X, lambda out: (torch.sigmoid(self.beta * out.s_max).mean(0),))
+        return weights.astype(np.float32, copy=False)
 
     def embed(self, X: Any) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Normalised embeddings of the rows and the normalised prototypes: the space the
@@ -632,26 +702,18 @@ class MNPDetector(BaseDetector):
 
         With several members, score, reconstruction error and per-feature contributions are the
         members' means; nearest prototype and similarity are member 0's (prototype ids are per member).
+        Rows are independent, so explaining a subset of a batch gives those rows' values of
+        explaining the whole batch: the scorer explains only its alert rows.
         """
-        Xt = self._prepared(X)
         n_top = max(0, min(n_top, self.n_features_in_))
-        n_members = len(self.members_)
-        chunks: list[tuple[torch.Tensor, ...]] = []
-        with torch.inference_mode():
-            for i in range(0, len(Xt), _SCORE_CHUNK_ROWS):
-                x = Xt[i:i + _SCORE_CHUNK_ROWS]
-                score = rec = contrib = None
-                for j, net in enumerate(self.members_):
-                    out = net.eval()(x)
-                    part = per_feature_reconstruction(x, out.x_hat) / self.n_features_in_
-                    if j == 0:
-                        first, score, rec, contrib = out, out.score, out.rec, part
-                    else:
-                        score, rec, contrib = score + out.score, rec + out.rec, contrib + part
-                contrib = contrib / n_members
-                top = torch.topk(contrib, n_top, dim=1)
-                chunks.append((score / n_members, first.sim.argmax(1), first.s_max, rec / n_members, top.indices, top.values))
-        cols = [torch.cat(c).cpu().numpy() for c in zip(*chunks)] if chunks else [np.empty((0, n_top))] * 6
+        n_features = self.n_features_in_
+
+        def reduce(out: StackedForward) -> tuple[torch.Tensor, ...]:
+            # The per-member per-feature errors over D are what r(x) averages; members' mean.
+            top = torch.topk((out.per_feature / n_features).mean(0), n_top, dim=1)
+            return (out.score.mean(0), out.sim[0].argmax(1), out.s_max[0], out.rec.mean(0), top.indices, top.values)
+
+        cols = self._run_stacked(X, reduce)
         return MNPExplanation(
             score=cols[0].astype(np.float32), nearest_prototype=cols[1].astype(np.int64).reshape(-1),
             similarity=cols[2].astype(np.float32), reconstruction_error=cols[3].astype(np.float32),
