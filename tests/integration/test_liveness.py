@@ -1,0 +1,134 @@
+"""A scorer never silently leaves its group: eviction and rejoin, an idle scorer's CPU, --workers N."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from protoguard.deploy.stack import free_port
+from protoguard.stream.clients import build_admin
+from tests.fixtures.pipeline import Pipeline, alerts_of, synthetic_traffic
+from tests.integration.test_scorer import _install_model, _scored_ids
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _metric(port: int, name: str) -> float:
+    """Sum of a metric's samples on a scorer's /metrics (0 when absent)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def _committed(p: Pipeline) -> int:
+    admin = build_admin(p.stack.bootstrap_servers)
+    try:
+        offsets = admin.list_group_offsets({p.group: None}).get(p.group, {})
+        return sum(max(0, o.offset) for o in offsets.values())
+    finally:
+        admin.close()
+
+
+def _wait(condition, timeout_s: float, what: str, p: Pipeline) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{p.process_report()}")
+        time.sleep(0.25)
+
+
+def _cpu_seconds(pid: int) -> float:
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_evicted_scorer_rejoins_and_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    """SIGSTOP under load past the session timeout (6 s here): the broker evicts the member; after
+    SIGCONT it notices, rejoins by itself, resumes from the committed offsets and counts the rejoin."""
+    _install_model(pipeline, seed=11)
+    port = free_port()
+    scorer = pipeline.start_process(["score"], log=tmp_path / "scorer.log",
+                                    env={"PROTOGUARD_STREAM__METRICS_PORT": str(port),
+                                         "PROTOGUARD_STREAM__METRICS_HOST": "127.0.0.1"})
+    X, _ = synthetic_traffic(24_000, seed=12)
+    ids: list[str] = []
+    # Traffic keeps flowing while the scorer is stopped, so it is evicted with work in hand.
+    producer = threading.Thread(target=lambda: ids.extend(_produce_slowly(pipeline, X)), daemon=True)
+    producer.start()
+    pipeline.wait_scored(3000)
+    scorer.send_signal(signal.SIGSTOP)
+    time.sleep(15)
+    scorer.send_signal(signal.SIGCONT)
+    producer.join(timeout=120)
+    assert len(ids) == len(X)
+
+    _wait(lambda: _committed(pipeline) >= len(X), 180, "every event committed after the rejoin", pipeline)
+    assert scorer.poll() is None, "the scorer exited instead of rejoining\n" + pipeline.process_report()
+    assert _metric(port, "protoguard_group_rejoins_total") >= 1
+    assert _scored_ids(pipeline, ids) == set(ids)
+    by_event: dict[str, set[str]] = defaultdict(set)
+    for a in alerts_of(pipeline.drain(pipeline.alerts)):
+        by_event[a["event_id"]].add(a["alert_id"])
+    assert by_event and all(len(v) == 1 for v in by_event.values())
+    scorer.send_signal(signal.SIGTERM)
+    assert scorer.wait(timeout=60) == 0, pipeline.process_report()
+
+
+def _produce_slowly(p: Pipeline, X, chunks: int = 24, pause_s: float = 1.0) -> list[str]:
+    ids: list[str] = []
+    step = len(X) // chunks
+    for start in range(0, len(X), step):
+        got, _ = p.produce(X[start:start + step], start=start)
+        ids += got
+        time.sleep(pause_s)
+    return ids
+
+
+def test_idle_scorer_uses_under_three_percent_of_a_core(pipeline: Pipeline, tmp_path: Path) -> None:
+    _install_model(pipeline, seed=13)
+    scorer = pipeline.start_scorer(idle_exit_s=None, log=tmp_path / "scorer.log")
+    X, _ = synthetic_traffic(500, seed=14)
+    pipeline.produce(X)
+    pipeline.wait_scored(len(X))
+    time.sleep(3)  # settle into the idle loop
+    before = _cpu_seconds(scorer.pid)
+    window = 15.0
+    time.sleep(window)
+    share = (_cpu_seconds(scorer.pid) - before) / window
+    scorer.send_signal(signal.SIGTERM)
+    assert scorer.wait(timeout=60) == 0
+    assert share < 0.03, f"idle scorer used {100 * share:.1f} % of a core"
+
+
+def test_workers_share_the_group_serve_one_metrics_endpoint_and_stop_together(pipeline: Pipeline, tmp_path: Path) -> None:
+    _install_model(pipeline, seed=15)
+    port = free_port()
+    parent = pipeline.start_process(["score", "--workers", "2"], log=tmp_path / "workers.log",
+                                    env={"PROTOGUARD_STREAM__METRICS_PORT": str(port),
+                                         "PROTOGUARD_STREAM__METRICS_HOST": "127.0.0.1"})
+    X, _ = synthetic_traffic(8000, seed=16)
+    ids, _ = pipeline.produce(X)
+    _wait(lambda: _committed(pipeline) >= len(X), 180, "the two workers to commit every event", pipeline)
+    _wait(lambda: _metric(port, 'protoguard_events_total{outcome="scored"}') >= len(X), 30,
+          "the aggregated metrics to count every event", pipeline)
+    ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert ready.status == 200
+    assert _scored_ids(pipeline, ids) == set(ids)
+    admin = build_admin(pipeline.stack.bootstrap_servers)
+    try:
+        members = admin.describe_groups([pipeline.group]).get(pipeline.group, {}).get("members", [])
+    finally:
+        admin.close()
+    assert len(members) == 2
+    children = [int(pid) for pid in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()]
+    assert len(children) == 2
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=90) == 0, pipeline.process_report()
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "a worker outlived its parent"
