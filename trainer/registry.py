@@ -11,9 +11,13 @@ Layout under ``{prefix}:model:`` (all values bytes; nothing is ever unpickled):
 - ``history``             list of previously current versions, newest first (for rollback)
 - ``events``              stream of promotions/rollbacks; ``promoted`` pub/sub channel
 
-Promotion verifies the blob against the manifest's sha256 in Python, then flips the pointer,
-pushes history, appends the event and publishes in one Lua script, so a reader that does
-``GET current`` then ``GET blob:{v}`` never sees a half-promoted or missing model.
+Promotion first proves the version can serve: the blob matches the manifest's sha256, the
+detector loads from it **on the CPU** (whatever device the manifest was trained on: a CUDA-trained
+model must not be refused on a CPU-only trainer, and a model that loads only on CUDA would take
+down every CPU scorer) and scores one row of zeros of the manifest's width to a finite number.
+Only then does one Lua script flip the pointer, push history, append the event and publish, so a
+reader that does ``GET current`` then ``GET blob:{v}`` never sees a half-promoted, missing or
+unloadable model. A refused version stays in the registry, unchanged and not current.
 """
 from __future__ import annotations
 
@@ -21,11 +25,13 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import redis
 
 from ..schemas.errors import ModelIntegrityError, RegistryError
 from ..schemas.manifest import ModelManifest
 from .detectors.base import sha256_hex
+from .detectors.loading import load_detector
 
 __all__ = ["ModelRegistry", "VersionInfo"]
 
@@ -99,9 +105,33 @@ class ModelRegistry:
         self.client.hset(self._key("status"), mapping={version: status, f"note:{version}": note})
 
     def promote(self, version: str, *, reason: str = "manual") -> str | None:
-        """Make ``version`` current; returns the previous current version. Refuses unknown/corrupt versions."""
-        self.load(version)  # verifies existence and the sha256 before anything is flipped
+        """Make ``version`` current; returns the previous current version.
+
+        Refuses (``RegistryError``/``ModelIntegrityError``, naming the version and why) an unknown
+        version, a blob that does not match its manifest, and a model that cannot be loaded on the
+        CPU and score a row; ``current`` is then left as it was.
+        """
+        self.verify(version)
         return self._flip(version, action="promote", reason=reason)
+
+    def verify(self, version: str) -> None:
+        """Prove ``version`` can serve: checksum, a CPU load, and a finite score for a row of zeros.
+
+        Costs one model load (well under a second for MNP) per promotion; the scorers would pay it
+        anyway, each of them, and a failure there would stop them all.
+        """
+        weights, manifest = self.load(version)
+        cpu_manifest = manifest.model_copy(update={"params": {**manifest.params, "device": "cpu"}}) \
+            if "device" in manifest.params else manifest
+        try:
+            detector = load_detector(weights, cpu_manifest)
+            scores = np.asarray(detector.score(np.zeros((1, len(manifest.feature_names)), dtype=np.float32)))
+        except Exception as exc:  # noqa: BLE001 - whatever stops the load stops the promotion, with its reason
+            raise RegistryError(f"model version {version} cannot be promoted: it does not load and score on the "
+                                f"CPU ({type(exc).__name__}: {exc})") from exc
+        if scores.shape != (1,) or not np.all(np.isfinite(scores)):
+            raise RegistryError(f"model version {version} cannot be promoted: a row of zeros scores "
+                                f"{scores.tolist()}, not one finite number")
 
     def rollback(self, *, reason: str = "rollback") -> str:
         """Return to the previously promoted version; the rolled-back one is marked ``retired``."""
@@ -111,7 +141,11 @@ class ModelRegistry:
                 raise RegistryError("nothing to roll back to: no earlier promoted version")
             version = previous.decode()
             if self.client.exists(self._key(f"blob:{version}")):
-                self.load(version)
+                try:
+                    self.verify(version)  # it served before, but a rollback target must serve now
+                except (RegistryError, ModelIntegrityError):
+                    self.client.lpush(self._key("history"), version)  # leave history as it was
+                    raise
                 self._flip(version, action="rollback", reason=reason)
                 return version
 

@@ -10,20 +10,24 @@ from protoguard.schemas.errors import ModelIntegrityError, RegistryError
 from protoguard.schemas.manifest import ModelManifest
 from protoguard.trainer.registry import ModelRegistry
 from protoguard.trainer.store import LabelStore
+from tests.fixtures.pipeline import fit_tiny_model
 
 pytestmark = pytest.mark.integration
 
 
-def _manifest() -> ModelManifest:
-    return ModelManifest(detector="mnp", feature_names=["a", "b"], threshold=0.5)
+@pytest.fixture(scope="module")
+def tiny_model() -> tuple[bytes, ModelManifest]:
+    """A real (tiny) MNP: promotion loads and scores the candidate, so fake bytes no longer pass."""
+    weights, manifest, _ = fit_tiny_model(0)
+    return weights, manifest
 
 
-def test_promote_flip_publish_and_rollback(redis_client: redis.Redis, unique) -> None:
+def test_promote_flip_publish_and_rollback(redis_client: redis.Redis, unique, tiny_model) -> None:
     registry = ModelRegistry(redis_client, prefix=unique("reg"), keep_versions=3)
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(registry.channel)
-    v1 = registry.register(b"weights-1", _manifest())
-    v2 = registry.register(b"weights-2", _manifest())
+    v1 = registry.register(*tiny_model)
+    v2 = registry.register(*tiny_model)
     assert (v1, v2) == ("1", "2")
     assert registry.current_version() is None
     registry.promote(v1)
@@ -45,20 +49,50 @@ def test_promote_flip_publish_and_rollback(redis_client: redis.Redis, unique) ->
     pubsub.close()
 
 
-def test_unknown_and_corrupt_versions_are_refused(redis_client: redis.Redis, unique) -> None:
+def test_unknown_and_corrupt_versions_are_refused(redis_client: redis.Redis, unique, tiny_model) -> None:
     registry = ModelRegistry(redis_client, prefix=unique("reg"))
     with pytest.raises(RegistryError, match="unknown model version '7'"):
         registry.promote("7")
-    version = registry.register(b"good weights", _manifest())
+    version = registry.register(*tiny_model)
     redis_client.set(f"{registry.base}:blob:{version}", b"tampered")
     with pytest.raises(ModelIntegrityError, match="do not match the manifest's sha256"):
         registry.promote(version)
     assert registry.current_version() is None
 
 
-def test_old_versions_are_pruned_but_current_and_history_kept(redis_client: redis.Redis, unique) -> None:
+def test_a_model_claiming_cuda_is_verified_on_the_cpu_and_promoted(redis_client: redis.Redis, unique,
+                                                                   tiny_model) -> None:
+    """The manifest's device is where it was trained, not where it must load: promotion loads on CPU."""
+    weights, manifest = tiny_model
+    cuda_manifest = manifest.model_copy(update={"params": {**manifest.params, "device": "cuda"}})
+    registry = ModelRegistry(redis_client, prefix=unique("reg"))
+    version = registry.register(weights, cuda_manifest)
+    assert registry.promote(version) is None
+    assert registry.current_version() == version
+    assert registry.manifest(version).params["device"] == "cuda"  # the manifest itself is not rewritten
+
+
+def test_a_blob_that_does_not_load_is_refused_and_current_is_unchanged(redis_client: redis.Redis, unique,
+                                                                       tiny_model) -> None:
+    weights, manifest = tiny_model
+    registry = ModelRegistry(redis_client, prefix=unique("reg"))
+    good = registry.register(weights, manifest)
+    registry.promote(good)
+    # Checksum-consistent garbage (what a buggy trainer would register): sha256 passes, loading does not.
+    corrupt = registry.register(b"\x00" * 64 + weights[64:], manifest)
+    with pytest.raises(RegistryError, match=f"model version {corrupt} cannot be promoted: it does not load"):
+        registry.promote(corrupt)
+    # Weights of another width than the manifest's features: loads refuse them too.
+    narrow = registry.register(weights, manifest.model_copy(update={"feature_names": ["a", "b"]}))
+    with pytest.raises(RegistryError, match=f"model version {narrow} cannot be promoted"):
+        registry.promote(narrow)
+    assert registry.current_version() == good
+    assert registry.status(corrupt)[0] == "candidate" and registry.status(good)[0] == "promoted"
+
+
+def test_old_versions_are_pruned_but_current_and_history_kept(redis_client: redis.Redis, unique, tiny_model) -> None:
     registry = ModelRegistry(redis_client, prefix=unique("reg"), keep_versions=2)
-    versions = [registry.register(f"w{i}".encode(), _manifest()) for i in range(5)]
+    versions = [registry.register(*tiny_model) for i in range(5)]
     registry.promote(versions[0])
     registry.promote(versions[4])
     kept = {info.version for info in registry.versions()}
