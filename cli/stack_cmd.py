@@ -1,4 +1,9 @@
-"""``protoguard stack up [--secure] | down | status``: the embedded local Kafka + Redis stack."""
+"""``protoguard stack up [--secure] | down | status | wipe``: the embedded local Kafka + Redis stack.
+
+``up`` starts only what is not running and never deletes data, so it is also how a crashed Redis
+or broker is brought back; ``wipe`` is the one action that deletes data, and only when both are
+stopped.
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +19,10 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("stack", help="start, stop or inspect the local Kafka + Redis stack")
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser = sub.add_parser("stack", help="start, stop, inspect or wipe the local Kafka + Redis stack")
+    parser.add_argument("action", choices=["up", "down", "status", "wipe"],
+                        help="up: start whichever service is not running (data kept); down: stop both (data kept); "
+                             "status: each service's pid and state; wipe: delete all data (both must be stopped)")
     parser.add_argument("--secure", action="store_true",
                         help="up: Kafka over SASL_SSL (SCRAM-SHA-512) and Redis over TLS with an ACL user; "
                              "writes the matching client settings to <run_dir>/secure/protoguard.toml")
@@ -33,11 +40,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.action == "down":
         stopped = stack.down()
-        print("stopped" if stopped else "nothing to stop")
+        print("stopped (data kept; `protoguard stack wipe` deletes it)" if stopped else "nothing to stop")
         return 0
-    info = stack.status()
-    if info is None:
-        print("down")
-        return 1
-    print(json.dumps(asdict(info), indent=2))
-    return 0
+    if args.action == "wipe":
+        removed = stack.wipe()
+        print("\n".join(f"removed {path}" for path in removed) or "nothing to remove")
+        return 0
+    states = stack.services()
+    print(json.dumps({name: {"pid": st.pid, "running": st.is_running} for name, st in states.items()}, indent=2))
+    return 0 if all(st.is_running for st in states.values()) else 1

@@ -12,8 +12,11 @@ What it adds to :class:`~protoguard.deploy.stack.LocalStack`:
   settings. Passwords sit in ``*.password`` files (mode 0600) that the settings point at, so
   neither settings file holds a secret.
 
-Passwords are random per ``up``. This is a development stack: the CA is throw-away and the
-controller listener stays PLAINTEXT on loopback (only the broker process itself uses it).
+Passwords and the CA are made on the first ``up`` and reused by later ones (kept, mode 0600, in
+``<run_dir>/secure/``): the broker's storage holds the SCRAM users it was formatted with, and a
+service that ``up`` restarts must still trust the one left running. ``stack wipe`` starts over.
+This is a development stack: the CA is throw-away and the controller listener stays PLAINTEXT on
+loopback (only the broker process itself uses it).
 """
 from __future__ import annotations
 
@@ -72,16 +75,31 @@ class SecureLocalStack(LocalStack):
 
     # ---------------------------------------------------------------- LocalStack hooks
     def _prepare(self) -> None:
-        self._pki: Pki = make_pki(self.secure_dir)
+        """Reuse the CA and passwords of an earlier ``up`` when all are there, else make new ones."""
+        d = self.secure_dir
+        kept = [d / name for name in ("ca.pem", "kafka.p12", "redis.pem", "redis.key", "client.pem", "client.key",
+                                      "client.password", "admin.password", "keystore.password")]
+        if all(path.exists() for path in kept):
+            self._pki = Pki(folder=d, ca_cert=d / "ca.pem", kafka_keystore=d / "kafka.p12",
+                            kafka_keystore_password=_read_secret(d / "keystore.password"),
+                            redis_cert=d / "redis.pem", redis_key=d / "redis.key",
+                            client_cert=d / "client.pem", client_key=d / "client.key")
+            self._admin_password = _read_secret(d / "admin.password")
+            self._client_password = _read_secret(self.client_password_file)
+            return
+        self._pki = make_pki(d)
         self._admin_password = secrets.token_urlsafe(24)
         self._client_password = secrets.token_urlsafe(24)
         _write_private(self.client_password_file, self._client_password + "\n")
+        _write_private(d / "admin.password", self._admin_password + "\n")
+        _write_private(d / "keystore.password", self._pki.kafka_keystore_password + "\n")
 
     def _redis_conf(self, data_dir: Path) -> str:
         return (_DEPLOY_DIR / "redis-secure.conf").read_text().format(
             redis_port=self.settings.redis_port, data_dir=data_dir, log_file=self.run_dir / "redis.log",
             cert_file=self._pki.redis_cert, key_file=self._pki.redis_key, ca_file=self._pki.ca_cert,
             user=CLIENT_USER, password_sha256=hashlib.sha256(self._client_password.encode()).hexdigest(),
+            maxmemory_mb=self.settings.redis_maxmemory_mb,
         )
 
     def _server_properties(self, data_dir: Path) -> str:
@@ -134,6 +152,10 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+
+
+def _read_secret(path: Path) -> str:
+    return path.read_text().strip()
 
 
 def _toml_value(value: Any) -> str:

@@ -2,9 +2,14 @@
 
 Why a process manager of our own instead of docker compose: the target machines (CI included)
 have no container engine, and the tests must talk to the same real broker the demo uses. The
-jars are resolved once with ``mvn`` into a cache outside the clone and reused by later runs;
-the broker's storage is formatted fresh on every ``up`` (a reused directory with another
-cluster id refuses to start).
+jars are resolved once with ``mvn`` into a cache outside the clone and reused by later runs.
+
+``up`` is safe to repeat: it starts only the service that is not running (a pid recorded in
+``stack.json`` that is alive and is that program) and never wipes data. The broker's KRaft
+storage is formatted once, when it does not exist yet, and reused afterwards (its cluster id is
+kept in ``meta.properties``); Redis keeps an append-only file under the run folder. So bringing
+back a crashed Redis leaves the broker, its pid and its topics alone, and Redis returns with the
+registry, labels and reservoir it had. Only ``wipe`` (refused while anything runs) deletes data.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from ..schemas.settings import StackSettings
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["LocalStack", "StackInfo", "free_port"]
+__all__ = ["LocalStack", "ServiceState", "StackInfo", "free_port"]
 
 _DEPLOY_DIR = Path(__file__).resolve().parent
 #: Seconds between SIGTERM and SIGKILL when stopping: a broker with a few topics shuts down in
@@ -62,13 +67,26 @@ class StackInfo:
     secure: bool = False
     #: the TOML file with matching client settings (``protoguard --config FILE ...``); secure stacks only
     client_config: str | None = None
+    #: the services the last ``up`` had to start ("kafka", "redis"); the others were left running
+    started: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, run_dir: Path) -> StackInfo | None:
         path = run_dir / "stack.json"
         if not path.exists():
             return None
-        return cls(**json.loads(path.read_text()))
+        values = json.loads(path.read_text())
+        values["started"] = tuple(values.get("started", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One service of the stack as ``up`` sees it: its recorded pid and whether that pid still runs it."""
+
+    name: str
+    pid: int | None
+    is_running: bool
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,6 +102,21 @@ def _pid_alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+#: what each service's command line contains: a recorded pid that now runs something else (the pid
+#: was reused after a crash or reboot) does not count as the service
+_PROGRAM = {"kafka": "kafka.Kafka", "redis": "redis-server"}
+
+
+def _runs(pid: int | None, program: str) -> bool:
+    """Whether ``pid`` is alive and its command line is ``program``'s."""
+    if pid is None or not _pid_alive(pid):
+        return False
+    try:
+        return program.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid
 
 
 def _run(cmd: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -159,42 +192,76 @@ class LocalStack:
         return found
 
     # ---------------------------------------------------------------- lifecycle
-    def status(self) -> StackInfo | None:
-        """The running stack's info, or None when nothing (alive) was started from this run dir."""
+    @property
+    def kafka_data(self) -> Path:
+        return self.run_dir / "kafka-data"
+
+    @property
+    def redis_data(self) -> Path:
+        return self.run_dir / "redis-data"
+
+    def services(self) -> dict[str, ServiceState]:
+        """Each service's recorded pid and whether it is running (for ``up`` and ``stack status``)."""
         info = StackInfo.read(self.run_dir)
-        if info is None or not (_pid_alive(info.kafka_pid) and _pid_alive(info.redis_pid)):
+        pids = {"kafka": info.kafka_pid if info else None, "redis": info.redis_pid if info else None}
+        return {name: ServiceState(name, pid, _runs(pid, _PROGRAM[name])) for name, pid in pids.items()}
+
+    def status(self) -> StackInfo | None:
+        """The running stack's info, or None unless both services started from this run dir are running."""
+        info = StackInfo.read(self.run_dir)
+        if info is None or not all(state.is_running for state in self.services().values()):
             return None
         return info
 
     def up(self) -> StackInfo:
-        """Start Kafka and Redis and wait until both answer; return what was started."""
-        running = self.status()
-        if running is not None:
-            if running.secure != self.secure:
-                raise StackError(f"a {'secure' if running.secure else 'plain'} stack is already running from "
-                                 f"{self.run_dir}; run `protoguard stack down` first")
-            return running
-        self.down()  # clear a half-dead previous stack (one process died)
+        """Start whichever of Kafka and Redis is not running, wait until both answer, return the stack.
+
+        A running service is left alone (same pid, same data); a stopped one is started on the data
+        it left. Refuses to mix plain and secure: a secure stack's storage holds SCRAM users and its
+        Redis an ACL user that the plain variant would not have (and the reverse).
+        """
+        previous = StackInfo.read(self.run_dir)
+        states = self.services()
+        if previous is not None and previous.secure != self.secure and any(st.is_running for st in states.values()):
+            raise StackError(f"a {'secure' if previous.secure else 'plain'} stack is running from {self.run_dir}; "
+                             f"run `protoguard stack down` first")
+        self._check_storage_kind()
+        _reap_exited_children()
         started = time.monotonic()
-        libs = self.ensure_kafka_jars()
-        redis_bin = self.ensure_redis_server()
+        to_start = [name for name, st in states.items() if not st.is_running]
         s = self.settings
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare()
-        redis_pid = self._start_redis(redis_bin)
-        kafka_pid = self._start_kafka(libs)
         bootstrap = f"127.0.0.1:{s.kafka_port}"
         redis_url = f"{self._redis_scheme}://127.0.0.1:{s.redis_port}/0"
+        if previous is not None and not to_start:
+            self._wait_redis(previous.redis_url, previous.redis_pid)
+            self._wait_kafka(previous.bootstrap_servers, previous.kafka_pid)
+            return previous
+        for name in to_start:
+            port = s.kafka_port if name == "kafka" else s.redis_port
+            if _port_open(f"127.0.0.1:{port}"):
+                raise StackError(f"cannot start {name}: port {port} is taken by a process this stack did not "
+                                 f"start (stack.json in {self.run_dir} records no running {name}); stop it or "
+                                 f"choose another stack.{name}_port")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare()  # the secure stack reuses its CA and passwords: the running service still trusts them
+        pids = {"kafka": previous.kafka_pid if previous else 0, "redis": previous.redis_pid if previous else 0}
+        fresh: list[int] = []
         try:
-            self._wait_redis(redis_url, redis_pid)
-            self._wait_kafka(bootstrap, kafka_pid)
+            if "redis" in to_start:
+                pids["redis"] = self._start_redis(self.ensure_redis_server())
+                fresh.append(pids["redis"])
+            if "kafka" in to_start:
+                pids["kafka"] = self._start_kafka(self.ensure_kafka_jars())
+                fresh.append(pids["kafka"])
+            self._wait_redis(redis_url, pids["redis"])
+            self._wait_kafka(bootstrap, pids["kafka"])
         except BaseException:
-            self._stop_pid(kafka_pid)
-            self._stop_pid(redis_pid)
+            for pid in fresh:  # only what this call started; a service that was running stays up
+                self._stop_pid(pid)
             raise
         info = StackInfo(
-            kafka_pid=kafka_pid,
-            redis_pid=redis_pid,
+            kafka_pid=pids["kafka"],
+            redis_pid=pids["redis"],
             bootstrap_servers=bootstrap,
             redis_url=redis_url,
             kafka_version=self.broker_version() or "unknown",
@@ -203,19 +270,45 @@ class LocalStack:
             startup_s=round(time.monotonic() - started, 2),
             secure=self.secure,
             client_config=self._write_client_config(bootstrap, redis_url),
+            started=tuple(to_start),
         )
         (self.run_dir / "stack.json").write_text(json.dumps(asdict(info), indent=2))
         return info
 
     def down(self) -> bool:
-        """Stop what ``up`` started (SIGTERM, then SIGKILL after a grace period)."""
+        """Stop what ``up`` started (SIGTERM, then SIGKILL after a grace period); the data stays."""
         info = StackInfo.read(self.run_dir)
         if info is None:
             return False
-        self._stop_pid(info.kafka_pid)
-        self._stop_pid(info.redis_pid)
+        for name, state in self.services().items():
+            if state.is_running and state.pid is not None:
+                self._stop_pid(state.pid)
         (self.run_dir / "stack.json").unlink(missing_ok=True)
         return True
+
+    def wipe(self) -> list[Path]:
+        """Delete the broker's and Redis's data (every topic, model, label); refused while either runs."""
+        running = [name for name, state in self.services().items() if state.is_running]
+        if running:
+            raise StackError(f"refusing to wipe the data of running services ({', '.join(running)}); "
+                             f"run `protoguard stack down` first")
+        removed = [p for p in (self.kafka_data, self.redis_data, self._storage_marker) if p.exists()]
+        for path in removed:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return removed
+
+    @property
+    def _storage_marker(self) -> Path:
+        return self.run_dir / "storage.json"
+
+    def _check_storage_kind(self) -> None:
+        """Refuse to start on storage formatted by the other variant (plain vs secure)."""
+        if not self._storage_marker.exists():
+            return
+        secure = bool(json.loads(self._storage_marker.read_text()).get("secure"))
+        if secure != self.secure:
+            raise StackError(f"the data under {self.run_dir} belongs to a {'secure' if secure else 'plain'} stack; "
+                             f"start that variant, or `protoguard stack wipe` (deletes every topic and model)")
 
     def broker_version(self) -> str | None:
         """The version the broker printed in its log ("Kafka version: 4.3.1")."""
@@ -231,7 +324,8 @@ class LocalStack:
 
     def _redis_conf(self, data_dir: Path) -> str:
         return (_DEPLOY_DIR / "redis.conf").read_text().format(
-            redis_port=self.settings.redis_port, data_dir=data_dir, log_file=self.run_dir / "redis.log"
+            redis_port=self.settings.redis_port, data_dir=data_dir, log_file=self.run_dir / "redis.log",
+            maxmemory_mb=self.settings.redis_maxmemory_mb,
         )
 
     def _server_properties(self, data_dir: Path) -> str:
@@ -259,9 +353,8 @@ class LocalStack:
 
     # ---------------------------------------------------------------- internals
     def _start_redis(self, redis_bin: str) -> int:
-        data = self.run_dir / "redis-data"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
+        data = self.redis_data
+        data.mkdir(parents=True, exist_ok=True)  # kept: the append-only file brings the data back
         conf_path = self.run_dir / "redis.conf"
         conf_path.write_text(self._redis_conf(data))
         os.chmod(conf_path, 0o600)
@@ -274,12 +367,12 @@ class LocalStack:
 
     def _start_kafka(self, libs: Path) -> int:
         s = self.settings
-        data = self.run_dir / "kafka-data"
+        data = self.kafka_data
         logs = self.run_dir / "kafka-logs"
         tmp = self.run_dir / "kafka-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # scratch only (native libraries unpacked by the JVM)
         for folder in (data, logs, tmp):
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
         props_path = self.run_dir / "server.properties"
         props_path.write_text(self._server_properties(data))
         os.chmod(props_path, 0o600)  # the secure variant holds the broker's own SCRAM and keystore passwords
@@ -294,10 +387,12 @@ class LocalStack:
             f"-Djava.io.tmpdir={tmp}", f"-DZstdTempFolder={tmp}", f"-Dorg.xerial.snappy.tempdir={tmp}",
             "-cp", f"{libs}/*",
         ]
-        _run([*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props_path),
-              *self._format_args()],
-             "formatting the Kafka storage")
-        with open(self.run_dir / "kafka.out", "wb") as out:
+        if not (data / "meta.properties").exists():  # formatted once; a restart keeps topics and offsets
+            _run([*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props_path),
+                  *self._format_args()],
+                 "formatting the Kafka storage")
+            self._storage_marker.write_text(json.dumps({"secure": self.secure, "formatted_at": time.time()}))
+        with open(self.run_dir / "kafka.out", "ab") as out:
             proc = subprocess.Popen(
                 [*jvm, "kafka.Kafka", str(props_path)], stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -382,6 +477,13 @@ def _port_open(address: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def _reap_exited_children() -> None:
+    """Collect services this process started that have since died (killed from outside)."""
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            _CHILDREN.pop(pid, None)
 
 
 def _reap(pid: int) -> None:

@@ -148,6 +148,9 @@ class StackSettings(_Section):
     controller_port: int = Field(default=19093, ge=1, le=65_535)
     redis_port: int = Field(default=16379, ge=1, le=65_535)
     kafka_heap_mb: int = Field(default=512, ge=256)
+    #: redis-server's ``maxmemory``; with ``noeviction`` a full Redis refuses writes rather than
+    #: evict a model blob (README "Local stack" sizes it: features x rate x TTL + reservoir + models)
+    redis_maxmemory_mb: int = Field(default=2048, ge=64)
     start_timeout_s: float = Field(default=90.0, gt=0)
 
 

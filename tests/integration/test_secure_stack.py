@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +178,32 @@ def test_plaintext_clients_get_nothing_from_the_secure_stack(secure_stack) -> No
             plain.ping()
     finally:
         plain.close()
+
+
+def test_up_restarts_a_killed_secure_redis_with_the_same_credentials_and_data(secure_stack,
+                                                                             secure_settings: Settings) -> None:
+    """Runs last: it replaces the module's redis-server. The CA and passwords are reused, so the
+    broker left running and the clients' settings file still match the restarted Redis."""
+    info, local = secure_stack
+    client = build_redis(secure_settings.redis)
+    client.set("secure-restart-key", b"kept")
+    client.close()
+    os.kill(info.redis_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{info.redis_pid}") and time.monotonic() < deadline:
+        try:
+            os.waitpid(info.redis_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    after = local.up()
+    assert after.started == ("redis",) and after.kafka_pid == info.kafka_pid
+    settings = load_settings(after.client_config)
+    client = build_redis(settings.redis)
+    assert client.get("secure-restart-key") == b"kept"
+    client.close()
+    admin = KafkaAdminClient(**kafka_common_config(settings.kafka), request_timeout_ms=10_000)
+    try:
+        assert admin.list_topics() is not None
+    finally:
+        admin.close()
