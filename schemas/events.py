@@ -16,6 +16,7 @@ __all__ = [
     "Event",
     "FeatureValue",
     "Label",
+    "LabelSource",
     "LabelValue",
     "RejectStage",
 ]
@@ -25,6 +26,11 @@ __all__ = [
 FeatureValue = Annotated[float, Field(allow_inf_nan=False)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 LabelValue = Literal["anomaly", "normal"]
+#: How the labelled event came to the analyst: ``alert`` (the model flagged it), ``audit`` (a random
+#: sample of traffic, drawn without looking at scores) or ``manual`` (anything else). The promotion
+#: gate measures on audit labels because their selection cannot be steered by the model or by
+#: whoever controls the alerts' labels.
+LabelSource = Literal["alert", "audit", "manual"]
 RejectStage = Literal["decode", "validate", "features", "label-join", "score"]
 
 
@@ -57,6 +63,8 @@ class Label(BaseModel):
     analyst: Identifier
     ts: datetime
     note: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    #: provenance; "manual" for producers written before the field existed
+    source: LabelSource = "manual"
 
 
 class DeadLetter(BaseModel):
