@@ -27,8 +27,9 @@ score min_y -ell_y), ``flow-single-prior`` (the same flow with a single Gaussian
 pooled normals: the "homogeneous mapping" baseline), ``flow-per-class`` (one such flow per
 category), ``iforest`` (pooled), ``mnp`` (pooled, if ``MNPDetector`` is in the tree),
 ``knn-normal`` (distance to the nearest training normal of the same category), ``gauss-per-class``
-(Ledoit-Wolf Gaussian per category, Mahalanobis distance), and the ablations ``hgad-no-mi``,
-``hgad-no-entropy``, ``hgad-no-intra``.
+(Ledoit-Wolf Gaussian per category, Mahalanobis distance), and the ablations of the configuration
+chosen in issue 15 (``ABLATIONS``). ``--evaluate-on val`` fits the issue-15 candidates and reports
+validation-slice numbers only (``results/unified/validation.csv``, ``decision.md``).
 """
 from __future__ import annotations
 
@@ -58,14 +59,35 @@ VAL_FRACTION_OF_TRAIN = 0.15
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "mvtec_resnet18"
 
 #: HGAD settings for ~1,700 pooled training rows: batch 256 (7 steps per epoch; the default 1024
-#: would give 2 steps per epoch, 200 steps in all, too few for a flow), the other values the
-#: detector's defaults (8 blocks, K = 5, lambda 1 / 100, 100 epochs, lr 1e-3).
-HGAD_PARAMS: dict[str, object] = {"n_blocks": 8, "n_intra_centres": 5, "n_epochs": 100, "batch_size": 256, "lr": 1e-3}
-#: The single-prior and per-class flows are the same flow with one class and no HGAD terms.
+#: would give 2 steps per epoch, 200 steps in all, too few for a flow), 100 epochs, lr 1e-3; the
+#: sizes (blocks, intra centres), the centre init and lambda2 are the detector's defaults, which
+#: issue 15 chose on the validation slices (``--evaluate-on val``, results/unified/decision.md).
+HGAD_PARAMS: dict[str, object] = {"n_epochs": 100, "batch_size": 256, "lr": 1e-3}
+#: The single-prior and per-class flows are the same flow (same blocks) with one class and no HGAD terms.
 PLAIN_FLOW_PARAMS: dict[str, object] = {**HGAD_PARAMS, "use_mi": False, "use_entropy": False, "use_intra": False}
 
+#: Validation candidates of issue 15 (seed 0 unless --seeds says otherwise), scored on the
+#: validation slices only: class-balanced NLL of held-out normals (the selection criterion) and a
+#: class-swap AUROC (validation normals of the other categories claimed as the category).
+VALIDATION_CANDIDATES: dict[str, dict[str, object]] = {
+    "data-l0-b12-k10": {"centre_init": "data", "lambda2": 0.0, "n_blocks": 12, "n_intra_centres": 10},
+    "data-l1-b12-k10": {"centre_init": "data", "lambda2": 1.0, "n_blocks": 12, "n_intra_centres": 10},
+    "data-l10-b12-k10": {"centre_init": "data", "lambda2": 10.0, "n_blocks": 12, "n_intra_centres": 10},
+    "data-l1-b8-k5": {"centre_init": "data", "lambda2": 1.0, "n_blocks": 8, "n_intra_centres": 5},
+    "onehot-l1-b12-k10": {"centre_init": "onehot", "lambda2": 1.0, "n_blocks": 12, "n_intra_centres": 10},
+    "onehot-l100-b12-k10": {"centre_init": "onehot", "lambda2": 100.0, "n_blocks": 12, "n_intra_centres": 10},
+}
+
 MAIN_METHODS = ("hgad", "hgad-agnostic", "flow-single-prior", "flow-per-class", "iforest", "mnp", "knn-normal", "gauss-per-class")
-ABLATIONS = ("hgad-no-mi", "hgad-no-entropy", "hgad-no-intra", "hgad-lambda2-10")
+#: Ablations of the chosen configuration: without L_mi, L_e, the intra-class centres; with the
+#: original's one-hot centres; and the original's regime (one-hot centres, lambda2 = 100).
+#: (lambda2 = 0 was chosen, so "without L_mi" is the chosen model; the MI ablation turns it *on*.)
+ABLATIONS = ("hgad-lambda2-1", "hgad-no-entropy", "hgad-no-intra", "hgad-onehot-centres", "hgad-original-regime")
+ABLATION_OVERRIDES: dict[str, dict[str, object]] = {
+    "hgad-lambda2-1": {"lambda2": 1.0}, "hgad-no-entropy": {"use_entropy": False}, "hgad-no-intra": {"use_intra": False},
+    "hgad-onehot-centres": {"centre_init": "onehot"},
+    "hgad-original-regime": {"centre_init": "onehot", "lambda2": 100.0},
+}
 
 
 @dataclass(frozen=True)
@@ -196,24 +218,22 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float]:
     return out, time.perf_counter() - started
 
 
-def run_unified(split: UnifiedSplit, seeds: list[int], methods: list[str], log: Callable[[str], None] = print) -> tuple[list[MethodRun], dict[str, object]]:
-    """Fit and score every method for every seed; returns the runs and HGAD's diagnostics."""
+def run_unified(split: UnifiedSplit, seeds: list[int], methods: list[str], log: Callable[[str], None] = print,
+                ablation_seeds: list[int] | None = None) -> tuple[list[MethodRun], dict[str, object]]:
+    """Fit and score every method for every seed (ablations for ``ablation_seeds`` only, default all)."""
     runs: list[MethodRun] = []
     diagnostics: dict[str, object] = {"hgad_summaries": [], "notes": []}
     simple: dict[str, Callable[[UnifiedSplit, int], npt.NDArray[np.float64] | None]] = {
         "flow-single-prior": _flow_single_prior, "flow-per-class": _flow_per_class, "iforest": _iforest,
         "mnp": _mnp, "knn-normal": _knn_normal, "gauss-per-class": _gauss_per_class,
     }
-    # lambda2 = 10 is the spec's suggested setting for overlapping classes (section 8.5); with
-    # lambda2 = 100 and lambda2 = 0 (no-mi) it makes a three-point sweep of the MI weight.
-    ablation_overrides: dict[str, dict[str, object]] = {
-        "hgad-no-mi": {"use_mi": False}, "hgad-no-entropy": {"use_entropy": False},
-        "hgad-no-intra": {"use_intra": False}, "hgad-lambda2-10": {"lambda2": 10.0},
-    }
+    ablation_overrides = ABLATION_OVERRIDES
     for seed in seeds:
         for method in methods:
             if method == "hgad-agnostic":
                 continue  # produced by the "hgad" fit
+            if method in ablation_overrides and ablation_seeds is not None and seed not in ablation_seeds:
+                continue
             if method == "hgad" or method in ablation_overrides:
                 (det, scores), fit_s = _timed(lambda: _hgad(split, seed, **ablation_overrides.get(method, {})))  # type: ignore[misc]
                 runs.append(MethodRun(method, seed, scores["class"], fit_s))
@@ -296,15 +316,15 @@ def write_outputs(split: UnifiedSplit, runs: list[MethodRun], diagnostics: dict[
         f"(explained variance {split.explained_variance:.3f}). {len(split.X_fit)} fit rows, {len(split.X_val)} validation rows, "
         f"{len(split.X_test)} test rows ({int(split.y_test.sum())} anomalies). Metrics per category, then averaged; mean ± std over seeds. "
         f"Total wall time {total_s / 60:.1f} min on 2 shared CPU cores (torch 1 thread).", "",
-        "HGAD: " + ", ".join(f"{k}={v}" for k, v in HGAD_PARAMS.items()) + " (other parameters at their defaults).", "",
+        "HGAD: " + ", ".join(f"{k}={v}" for k, v in {**HGADDetector().get_params(), **HGAD_PARAMS}.items() if k not in ("device", "random_state")) + ".", "",
     ]
     for note in diagnostics["notes"]:  # type: ignore[union-attr]
         lines.append(f"- {note}")
-    lines += ["", "## Mean over categories (ablations: hgad-no-mi, hgad-no-entropy, hgad-no-intra, hgad-lambda2-10)", "", "| method | AUROC | AUC-PR (AP) | fit s |", "|---|---|---|---|"]
+    lines += ["", f"## Mean over categories (ablations: {', '.join(ABLATIONS)})", "", "| method | AUROC | AUC-PR (AP) | fit s |", "|---|---|---|---|"]
     for method in methods:
         fit_s = [r.fit_s for r in runs if r.method == method]
         lines.append(f"| {method} | {_fmt(values(method, 'auroc'))} | {_fmt(values(method, 'auc_pr'))} | {np.mean(fit_s):.1f} |")
-    per_cat_methods = [m for m in ("hgad", "hgad-agnostic", "hgad-lambda2-10", "flow-single-prior", "gauss-per-class", "knn-normal") if m in methods]
+    per_cat_methods = [m for m in ("hgad", "hgad-original-regime", "flow-single-prior", "flow-per-class", "gauss-per-class", "knn-normal") if m in methods]
     for metric, title in (("auroc", "AUROC"), ("auc_pr", "AUC-PR (AP)")):
         lines += ["", f"## Per category {title}", "", "| category | " + " | ".join(per_cat_methods) + " |", "|---" * (len(per_cat_methods) + 1) + "|"]
         for category in split.categories:
@@ -346,6 +366,39 @@ def _plot(split: UnifiedSplit, values: Callable[..., list[float]], methods: list
     plt.close(fig)
 
 
+def _class_swap_val_auroc(det: HGADDetector, split: UnifiedSplit) -> float:
+    """Mean over categories of AUROC(own validation normals vs other categories' claimed as it)."""
+    from sklearn.metrics import roc_auc_score
+
+    aurocs = []
+    for category in split.categories:
+        own = split.c_val == category
+        scores = det.score(split.X_val, np.full(len(split.X_val), category))
+        aurocs.append(roc_auc_score((~own).astype(int), scores))
+    return float(np.mean(aurocs))
+
+
+def validate_candidates(split: UnifiedSplit, seeds: list[int], out: Path, log: Callable[[str], None] = print) -> None:
+    """Fit every issue-15 candidate and write its validation-slice numbers (no test row is scored)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, overrides in VALIDATION_CANDIDATES.items():
+        for seed in seeds:
+            det = HGADDetector(**{**HGAD_PARAMS, **overrides}, random_state=seed)  # type: ignore[arg-type]
+            (_, fit_s) = _timed(lambda: det.fit(split.X_fit, split.c_fit, X_val=split.X_val, classes_val=split.c_val))
+            s = det.training_summary_
+            row = {"candidate": name, "seed": seed, **{k: overrides[k] for k in ("centre_init", "lambda2", "n_blocks", "n_intra_centres")},
+                   "val_nll": s["val_nll_selected"], "val_class_swap_auroc": round(_class_swap_val_auroc(det, split), 4),
+                   "val_class_accuracy": s.get("val_class_accuracy"), "selected_epoch": s["selected_epoch"],
+                   "dead_intra_centres": s["n_dead_intra_centres"], "fit_s": round(fit_s, 1)}
+            rows.append(row)
+            log(" ".join(f"{k}={v}" for k, v in row.items()))
+            with (out / "validation.csv").open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
@@ -354,12 +407,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pca-dim", type=int, default=64)
     parser.add_argument("--methods", default=",".join(MAIN_METHODS + ABLATIONS), help="comma-separated subset")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the benchmark box has 2 shared cores)")
+    parser.add_argument("--ablation-seeds", default=None, help="seeds for the ablations (default: --seeds); saves CPU")
+    parser.add_argument("--evaluate-on", choices=("test", "val"), default="test",
+                        help="val: fit the issue-15 candidates and report validation-slice numbers only (design decisions)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     split = load_unified_split(args.data_dir, args.pca_dim)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs, diagnostics = run_unified(split, seeds, [m.strip() for m in args.methods.split(",")])
+    if args.evaluate_on == "val":
+        validate_candidates(split, seeds, args.out)
+        return
+    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else None
+    runs, diagnostics = run_unified(split, seeds, [m.strip() for m in args.methods.split(",")], ablation_seeds=ablation_seeds)
     if "hgad_detector" in diagnostics:
         diagnostics["throughput"] = _throughput(diagnostics["hgad_detector"], split)  # type: ignore[arg-type]
     write_outputs(split, runs, diagnostics, args.out, time.perf_counter() - started)

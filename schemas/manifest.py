@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["DetectorKind", "ModelManifest", "ScalerStats", "ThresholdCalibration"]
 
-DetectorKind = Literal["mnp", "hgad"]
+DetectorKind = Literal["mnp", "hgad", "gauss"]
 
 
 class ScalerStats(BaseModel):

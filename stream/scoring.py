@@ -6,8 +6,11 @@ Explaining costs per-feature top-k, argmaxes and, for HGAD, per-row class names,
 rows that never become alerts. Rows are independent in both detectors, so a row's explanation does
 not depend on which other rows are explained with it.
 
-One adapter per detector kind turns the detector's own explanation into the columns an alert
-needs, so the worker and alert builder never care which detector is served.
+Nothing here depends on the detector kind: every detector scores rows under their claimed class
+(``score_rows``; class-blind detectors ignore it) and explains rows with the one
+:class:`~protoguard.trainer.detectors.explanation.Explanation` type (``explain_rows``). Thresholds
+come from the manifest: the class's calibrated threshold where ``calibration.per_class`` has the
+row's class, ``threshold`` otherwise, so a retrain that recalibrates is served as recorded.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy.typing as npt
 
 from ..schemas.manifest import ModelManifest
 
-__all__ = ["ScoredBatch", "score_batch"]
+__all__ = ["ScoredBatch", "row_thresholds", "score_batch"]
 
 
 @dataclass(frozen=True)
@@ -72,56 +75,40 @@ def _alert_rows(scores: npt.NDArray[np.float32], thresholds: npt.NDArray[np.floa
     return np.flatnonzero(scores > thresholds)
 
 
-def _threshold_column(manifest: ModelManifest, n: int) -> npt.NDArray[np.float32]:
-    # An uncalibrated model alerts on nothing rather than on everything.
-    value = manifest.threshold if manifest.threshold is not None else np.inf
-    return np.full(n, value, dtype=np.float32)
+def row_thresholds(manifest: ModelManifest, kinds: Sequence[str | None]) -> npt.NDArray[np.float32]:
+    """Each row's threshold: its class's where the manifest calibrated one, the model's otherwise.
 
-
-def _score_mnp(detector: Any, manifest: ModelManifest, X: npt.NDArray[np.float32], n_top: int) -> ScoredBatch:
-    scores = detector.score(X)
-    thresholds = _threshold_column(manifest, len(X))
-    rows = _alert_rows(scores, thresholds)
-    exp = detector.explain(X[rows], n_top=n_top)
-    similarity = np.clip(exp.similarity, 1e-6, None)
-    # s = 1 / (1 + d) for the Student-t kernel with alpha = 1, so d = 1/s - 1 (squared distance on the sphere).
-    distance = (1.0 / similarity - 1.0).astype(np.float32)
-    # The alert's score and network_output are the full-batch scores, the values that were compared
-    # with the threshold, so an alert never shows a score at or under its threshold; explain's own
-    # score for the row is the same value (rows are independent; tests/unit/test_scoring.py).
-    return ScoredBatch(
-        scores=scores, thresholds=thresholds, alert_rows=rows, nearest_prototype=exp.nearest_prototype,
-        prototype_distance=distance, top_features=exp.top_features, top_contributions=exp.top_contributions,
-        components={"network_output": scores[rows], "reconstruction_error": exp.reconstruction_error,
-                    "prototype_similarity": exp.similarity},
-    )
-
-
-def _score_hgad(detector: Any, manifest: ModelManifest, X: npt.NDArray[np.float32], kinds: Sequence[str | None]) -> ScoredBatch:
-    # HGAD thresholds are per claimed class, so they come with the scores, before any explanation.
-    scores, thresholds = detector.score_with_threshold(X, classes=kinds)
-    rows = _alert_rows(scores, thresholds)
-    if len(rows):
-        exp = detector.explain(X[rows], classes=[kinds[r] for r in rows.tolist()])
-        gap = np.nan_to_num(exp.claimed_vs_best_gap)
-    else:
-        gap = np.empty(0, dtype=np.float32)  # HGADDetector.explain needs at least one row
-    # class_nll is the full-batch score that was compared with the threshold (explain's is equal).
-    return ScoredBatch(scores=scores, thresholds=thresholds, alert_rows=rows,
-                       components={"class_nll": scores[rows], "claimed_vs_best_gap": gap})
+    An uncalibrated model (``threshold`` None) alerts on nothing rather than on everything.
+    """
+    default = manifest.threshold if manifest.threshold is not None else np.inf
+    per_class = manifest.calibration.per_class
+    if not per_class:
+        return np.full(len(kinds), default, dtype=np.float32)
+    return np.array([per_class.get(k, default) if k is not None else default for k in kinds], dtype=np.float32)
 
 
 def score_batch(detector: Any, manifest: ModelManifest, X: npt.NDArray[np.float32],
                 kinds: Sequence[str | None] | None = None, n_top: int = 3) -> ScoredBatch:
     """Score every row of ``X`` with the served detector and explain the rows over threshold.
 
-    HGAD uses ``kinds`` (the events' classes). The signature and the returned alert content are
-    those of the version that explained every row; only the explanation columns' indexing changed
-    (see :class:`ScoredBatch`).
+    ``kinds`` are the events' claimed classes (None: unknown); class-blind detectors ignore them.
+    The returned alert content is that of the version that explained every row; only the
+    explanation columns' indexing changed (see :class:`ScoredBatch`).
     """
     if len(X) == 0:
         empty = np.empty(0, dtype=np.float32)
         return ScoredBatch(scores=empty, thresholds=empty)
-    if manifest.detector == "hgad":
-        return _score_hgad(detector, manifest, X, list(kinds) if kinds is not None else [None] * len(X))
-    return _score_mnp(detector, manifest, X, n_top)
+    kinds = list(kinds) if kinds is not None else [None] * len(X)
+    scores = detector.score_rows(X, kinds)
+    thresholds = row_thresholds(manifest, kinds)
+    rows = _alert_rows(scores, thresholds)
+    # One call, also for zero rows: every detector answers an empty batch without a forward pass,
+    # and the columns keep their shapes (e.g. top_features (0, n_top)).
+    exp = detector.explain_rows(X[rows], [kinds[r] for r in rows.tolist()], n_top=n_top)
+    # The alert's score component is the full-batch score, the value that was compared with the
+    # threshold, so an alert never shows a score at or under its threshold; explain_rows' own score
+    # for the row is the same value (rows are independent; tests/unit/test_scoring.py).
+    return ScoredBatch(scores=scores, thresholds=thresholds, alert_rows=rows, nearest_prototype=exp.nearest_prototype,
+                       prototype_distance=exp.prototype_distance, top_features=exp.top_features,
+                       top_contributions=exp.top_contributions,
+                       components={exp.score_name: scores[rows], **exp.components})

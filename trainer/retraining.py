@@ -28,11 +28,12 @@ import redis
 
 from ..schemas.manifest import ThresholdCalibration
 from ..schemas.settings import TrainerSettings
-from .detectors.mnp import MNPDetector
+from .detectors.loading import load_detector
 from .evaluation import GateDecision, model_evidence, promotion_gate, threshold_for_budget, threshold_for_precision
 from .registry import ModelRegistry
 from .store import LabelStore, TrafficReservoir
-from .training import TrainingData, finalize_manifest, fit_mnp
+from .refit import fit_candidate, recipe_for
+from .training import TrainingData, finalize_manifest
 
 __all__ = ["RetrainOutcome", "RetrainStores", "Retrainer", "calibrate_threshold"]
 
@@ -114,7 +115,8 @@ class Retrainer:
             return self._record(RetrainOutcome(trigger, "skipped", "no current model: train and promote a first one "
                                                                     "(protoguard train --register --promote)"))
         weights, champion_manifest = registry.load(champion_version)
-        champion = MNPDetector.load(weights, champion_manifest)
+        champion = load_detector(weights, champion_manifest)
+        recipe = recipe_for(champion_manifest.detector)  # the candidate is of the champion's kind
         n_features = len(champion_manifest.feature_names)
 
         labels = self.stores.labels.snapshot(n_features)
@@ -126,13 +128,14 @@ class Retrainer:
         data = TrainingData(X_unlabelled=X_unlabelled, X_anomalies=train.X[train.y == 1],
                             X_normals=train.X[train.y == 0], feature_names=champion_manifest.feature_names)
         summary = {**data.summary(), "n_held_back": len(held.event_ids), "label_seq": labels.seq, "trigger": trigger}
-        if len(data.X_anomalies) == 0 or len(X_unlabelled) < 10:
+        if (recipe.needs_labelled_anomalies and len(data.X_anomalies) == 0) or len(X_unlabelled) < 10:
             self.stores.labels.mark_trained(labels.seq)
             return self._record(RetrainOutcome(trigger, "skipped", "need at least one labelled anomaly (training part) "
                                                                     "and 10 pool rows", summary=summary))
         started = time.monotonic()
         warm = champion if self.settings.warm_start else None
-        candidate = fit_mnp(data, params=self.mnp_params, warm_start=warm, random_state=self.settings.random_state)
+        candidate = fit_candidate(recipe.kind, data, champion=champion, mnp_params=self.mnp_params, warm_start=warm,
+                                  random_state=self.settings.random_state)
         fit_s = time.monotonic() - started
         # Thresholds and alert rates are measured on the whole pool: removing the labelled rows (mostly
         # alerts, mostly attacks) would leave a sample cleaner than real traffic, and a threshold set
@@ -144,7 +147,7 @@ class Retrainer:
         self.stores.labels.mark_trained(labels.seq)
         return outcome
 
-    def consider(self, candidate: MNPDetector, *, champion: MNPDetector | None, champion_version: str | None,
+    def consider(self, candidate: Any, *, champion: Any | None, champion_version: str | None,
                  trigger: str, X_traffic: npt.NDArray[np.float32], held_y: npt.NDArray[np.int64],
                  held_X: npt.NDArray[np.float32], summary: dict[str, Any],
                  is_leader: Callable[[], bool] = lambda: True, fit_s: float = 0.0) -> RetrainOutcome:

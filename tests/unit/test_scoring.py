@@ -32,15 +32,12 @@ class RecordingDetector:
         self.detector = detector
         self.explained_rows: list[int] = []
 
-    def score(self, X: np.ndarray) -> np.ndarray:
-        return self.detector.score(X)
+    def score_rows(self, X: np.ndarray, classes: Any = None) -> np.ndarray:
+        return self.detector.score_rows(X, classes)
 
-    def score_with_threshold(self, X: np.ndarray, classes: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.detector.score_with_threshold(X, classes=classes)
-
-    def explain(self, X: np.ndarray, **kwargs: Any) -> Any:
+    def explain_rows(self, X: np.ndarray, classes: Any = None, **kwargs: Any) -> Any:
         self.explained_rows.append(len(X))
-        return self.detector.explain(X, **kwargs)
+        return self.detector.explain_rows(X, classes, **kwargs)
 
 
 def _decoded(X: np.ndarray, kinds: list[str | None] | None = None) -> DecodedBatch:
@@ -196,5 +193,6 @@ def test_hgad_alerts_with_per_class_thresholds_and_explains_alert_rows_only(hgad
     calm = np.setdiff1d(np.arange(len(X)), rows)[:10]  # no alert among them: explain is not called
     recording.explained_rows.clear()
     quiet = score_batch(recording, manifest, X[calm], [kinds[r] for r in calm])
-    assert quiet.alert_rows is not None and len(quiet.alert_rows) == 0 and recording.explained_rows == []
+    # explain_rows is asked about zero rows: no forward pass, the columns keep their shapes.
+    assert quiet.alert_rows is not None and len(quiet.alert_rows) == 0 and recording.explained_rows == [0]
     assert quiet.components["claimed_vs_best_gap"].shape == (0,)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from .base import BaseDetector, Detector
+from .explanation import Explanation
+from .gauss import GaussDetector
 from .hgad import HGADDetector
 from .mnp import MNPDetector
 
-__all__ = ["BaseDetector", "Detector", "HGADDetector", "MNPDetector"]
+__all__ = ["BaseDetector", "Detector", "Explanation", "GaussDetector", "HGADDetector", "MNPDetector"]

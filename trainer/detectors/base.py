@@ -24,6 +24,7 @@ from safetensors.torch import save as st_save
 
 from ...schemas.errors import ModelIntegrityError, NotFittedError
 from ...schemas.manifest import ModelManifest
+from .explanation import Explanation, from_prototype_explanation
 
 __all__ = [
     "BaseDetector",
@@ -47,6 +48,10 @@ class Detector(Protocol):
     def score(self, X: FloatMatrix) -> npt.NDArray[np.float32]: ...
 
     def save(self) -> tuple[bytes, ModelManifest]: ...
+
+    def score_rows(self, X: FloatMatrix, classes: Any = None) -> npt.NDArray[np.float32]: ...
+
+    def explain_rows(self, X: FloatMatrix, classes: Any = None, *, n_top: int = 3) -> Explanation: ...
 
 
 def sha256_hex(blob: bytes) -> str:
@@ -111,6 +116,23 @@ class BaseDetector:
                 raise ValueError(f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}")
             setattr(self, name, value)
         return self
+
+    # ---------------------------------------------------------------- the scorer's contract
+    def score_rows(self, X: Any, classes: Any = None) -> npt.NDArray[np.float32]:
+        """Scores of every row given each row's claimed class (None: unknown); higher = more anomalous.
+
+        The default serves class-blind detectors, which ignore ``classes``; class-aware detectors
+        (HGAD, gauss) override it to score each row under its claimed class.
+        """
+        return self.score(X)  # type: ignore[attr-defined]
+
+    def explain_rows(self, X: Any, classes: Any = None, *, n_top: int = 3) -> Explanation:
+        """The alert view (:class:`Explanation`) of rows the scorer alerts on; must accept zero rows.
+
+        The default maps a prototype detector's ``explain`` (MNP: nearest prototype, similarity,
+        reconstruction error, top features); HGAD and gauss override it.
+        """
+        return from_prototype_explanation(self.explain(X, n_top=n_top))  # type: ignore[attr-defined]
 
     def clone(self) -> Self:
         """An unfitted copy with the same hyperparameters."""

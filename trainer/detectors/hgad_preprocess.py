@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
-__all__ = ["MIN_FLOW_DIM", "PreprocessStats", "fit_preprocess", "transform_preprocess"]
+__all__ = ["MIN_FLOW_DIM", "PreprocessStats", "STATS_TENSORS", "fit_preprocess", "stats_from_tensors", "stats_to_tensors",
+           "transform_preprocess"]
 
 #: A coupling block splits D into ceil(D/2) + floor(D/2); below 4 one half has a single
 #: dimension and the flow degenerates to (almost) an element-wise map, hence the padding.
@@ -148,3 +150,28 @@ def transform_preprocess(
         pad = rng.standard_normal((X.shape[0], stats.n_pad)) if rng is not None else np.zeros((X.shape[0], stats.n_pad))
         X = np.concatenate([X, pad], axis=1)
     return X.astype(np.float32)
+
+
+def stats_to_tensors(stats: PreprocessStats) -> dict[str, torch.Tensor]:
+    """The fitted transform as named tensors (``pre.*``) for a safetensors blob."""
+    return {
+        "pre.keep": torch.from_numpy(stats.keep.astype(np.uint8)),
+        "pre.is_discrete": torch.from_numpy(stats.is_discrete.astype(np.uint8)),
+        "pre.log1p_mask": torch.from_numpy(stats.log1p_mask.astype(np.uint8)),
+        "pre.offset": torch.from_numpy(stats.offset.astype(np.float64)),
+        "pre.scale": torch.from_numpy(stats.scale.astype(np.float64)),
+        "pre.n_pad": torch.tensor([stats.n_pad], dtype=torch.int64),
+    }
+
+
+#: The tensor names :func:`stats_to_tensors` writes, checked on load.
+STATS_TENSORS = frozenset({"pre.keep", "pre.is_discrete", "pre.log1p_mask", "pre.offset", "pre.scale", "pre.n_pad"})
+
+
+def stats_from_tensors(tensors: dict[str, torch.Tensor], *, clip: float) -> PreprocessStats:
+    """Inverse of :func:`stats_to_tensors` (``clip`` lives in the manifest's scaler stats)."""
+    return PreprocessStats(
+        keep=tensors["pre.keep"].numpy().astype(bool), is_discrete=tensors["pre.is_discrete"].numpy().astype(bool),
+        log1p_mask=tensors["pre.log1p_mask"].numpy().astype(bool), offset=tensors["pre.offset"].numpy(),
+        scale=tensors["pre.scale"].numpy(), clip=float(clip), n_pad=int(tensors["pre.n_pad"].item()),
+    )
