@@ -4,10 +4,12 @@ Every part is the real component on the real stack (the ScoringWorker, the Label
 TrainerService with its Redis lock), driven round by round instead of as separate processes so
 the demo is deterministic and fits in a few minutes on 2 cores. The simulated analyst answers a
 fixed budget of the round's alerts, highest score first, with the true label, wrong with a
-configured probability. A share of the budget (``audit_share``) goes to a random sample of the
-round's events that did *not* alert, as review teams do to estimate what the detector misses:
-without it every label would be an alert, nearly all attacks, and the held-back labels would
-lack the normals the promotion gate needs to measure precision.
+configured probability. A share of the budget (``audit_share``) goes to a uniform random sample
+of all the round's events, drawn before looking at alerts or scores, as review teams do to
+estimate what the detector misses. Each label says how its event was chosen (``source``:
+``audit`` for the random sample, ``alert`` for the rest): the promotion gate measures candidates
+on audit labels because a random sample is unbiased and its selection cannot be steered by
+whoever labels the alerts. Without audits every label would be an alert, nearly all attacks.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy.typing as npt
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
+from ..schemas.events import LabelSource
 from ..stream.labels import LabelWorker
 from ..stream.replay import encode_events, malformed_messages
 from ..stream.worker import ScoringWorker
@@ -46,23 +49,23 @@ class SimulatedAnalyst:
         self.audit_share = audit_share
         self.rng = rng
 
-    def choose(self, alerts: list[dict], round_ids: list[str]) -> list[str]:
-        """The top-scored alerts plus a random audit sample of the round's unalerted events."""
-        alerted = {a["event_id"] for a in alerts}
-        quiet = [e for e in round_ids if e not in alerted]
-        n_audit = min(len(quiet), int(round(self.budget * self.audit_share)))
-        top = [a["event_id"] for a in sorted(alerts, key=lambda a: -a["score"])[: self.budget - n_audit]]
-        audit = [quiet[i] for i in self.rng.choice(len(quiet), size=n_audit, replace=False)] if n_audit else []
-        return top + audit
+    def choose(self, alerts: list[dict], round_ids: list[str]) -> list[tuple[str, LabelSource]]:
+        """A uniform audit sample of the round's events, then the top-scored alerts not in it."""
+        n_audit = min(len(round_ids), int(round(self.budget * self.audit_share)))
+        audit = [round_ids[i] for i in self.rng.choice(len(round_ids), size=n_audit, replace=False)] if n_audit else []
+        audited = set(audit)
+        ranked = [a["event_id"] for a in sorted(alerts, key=lambda a: -a["score"]) if a["event_id"] not in audited]
+        chosen: list[tuple[str, LabelSource]] = [(e, "audit") for e in audit]
+        return chosen + [(e, "alert") for e in ranked[: self.budget - n_audit]]
 
-    def answer(self, event_ids: list[str], truth: dict[str, int]) -> tuple[list[bytes], int]:
-        wrong = self.rng.random(len(event_ids)) < self.error_rate
+    def answer(self, chosen: list[tuple[str, LabelSource]], truth: dict[str, int]) -> tuple[list[bytes], int]:
+        wrong = self.rng.random(len(chosen)) < self.error_rate
         now = datetime.now(UTC).isoformat()
         messages = []
-        for event_id, flip in zip(event_ids, wrong):
+        for (event_id, source), flip in zip(chosen, wrong):
             is_anomaly = bool(truth[event_id]) != bool(flip)
             messages.append(orjson.dumps({"event_id": event_id, "label": "anomaly" if is_anomaly else "normal",
-                                          "analyst": "simulated", "ts": now}))
+                                          "analyst": "simulated", "ts": now, "source": source}))
         return messages, int(wrong.sum())
 
 

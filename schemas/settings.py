@@ -124,6 +124,17 @@ class TrainerSettings(_Section):
     gate_min_labels: int = Field(default=10, ge=2)
     #: how much worse (absolute AUC-PR / precision) a candidate may be and still count as "not worse"
     gate_tolerance: float = Field(default=0.01, ge=0, lt=1)
+    #: trusted labels (audit + pinned, never trained on) decide the gate once there are
+    #: ``gate_min_labels`` of them with at least this many anomalies; held-back labels otherwise
+    gate_min_trusted_anomalies: int = Field(default=5, ge=1)
+    #: the poisoning alarm: reject when the share of new labels contradicting the champion's confident
+    #: scores exceeds the historical share by this much (absolute) ...
+    gate_max_disagreement_jump: float = Field(default=0.10, gt=0, lt=1)
+    #: ... and a one-sided two-proportion z-test gives at least this z (2.5: about 1 in 160 by chance;
+    #: both conditions must hold, so small honest wobbles never alarm)
+    gate_disagreement_z: float = Field(default=2.5, gt=0)
+    #: confident labels needed in the new batch and in the history before they are compared
+    gate_min_disagreement_labels: int = Field(default=20, ge=1)
     #: "alert_budget": alert this share of recent traffic; "precision_target": lowest threshold whose
     #: precision on held-back labels reaches ``precision_target`` (falls back to the budget when
     #: labels are too few), never alerting more than the budget

@@ -12,6 +12,9 @@ The data of a run:
 
 Pool rows whose event has a label are removed from X_U (the label says where they belong), and
 labels held back for the gate (a stable hash of the event_id) never reach any model's training.
+Neither do **trusted** labels (source ``audit``, or pinned by an operator): they are the gate's
+evidence that the label stream cannot poison; nor **quarantined** labels (those that raised the
+gate's disagreement alarm), until an operator releases them (``evaluation`` explains both).
 """
 from __future__ import annotations
 
@@ -29,9 +32,18 @@ import redis
 from ..schemas.manifest import ThresholdCalibration
 from ..schemas.settings import TrainerSettings
 from .detectors.loading import load_detector
-from .evaluation import GateDecision, model_evidence, promotion_gate, threshold_for_budget, threshold_for_precision
+from .evaluation import (
+    GateDecision,
+    LabelDisagreement,
+    TrustedEvidence,
+    label_disagreement,
+    model_evidence,
+    promotion_gate,
+    threshold_for_budget,
+    threshold_for_precision,
+)
 from .registry import ModelRegistry
-from .store import LabelStore, TrafficReservoir
+from .store import LabelSet, LabelStore, TrafficReservoir
 from .refit import fit_candidate, recipe_for
 from .training import TrainingData, finalize_manifest
 
@@ -40,6 +52,11 @@ __all__ = ["RetrainOutcome", "RetrainStores", "Retrainer", "calibrate_threshold"
 log = logging.getLogger(__name__)
 
 Decision = Literal["promoted", "rejected", "skipped"]
+
+#: "confidently normal" for the disagreement alarm: scored below the champion's median on recent
+#: traffic. A lower quantile would leave too few audit labels confident; a higher one would call
+#: borderline events confident.
+_QUIET_QUANTILE = 0.5
 
 
 @dataclass(frozen=True)
@@ -143,33 +160,52 @@ class Retrainer:
         outcome = self.consider(candidate, champion=champion, champion_version=champion_version, trigger=trigger,
                                 X_traffic=X_pool, held_y=held.y, held_X=held.X,
                                 summary={**summary, "fit_s": round(fit_s, 3), "warm_start": warm is not None},
-                                is_leader=is_leader, fit_s=fit_s)
+                                is_leader=is_leader, fit_s=fit_s, trusted=labels.trusted(),
+                                new_labels=labels.new_untrusted())
         self.stores.labels.mark_trained(labels.seq)
         return outcome
 
     def consider(self, candidate: Any, *, champion: Any | None, champion_version: str | None,
                  trigger: str, X_traffic: npt.NDArray[np.float32], held_y: npt.NDArray[np.int64],
                  held_X: npt.NDArray[np.float32], summary: dict[str, Any],
-                 is_leader: Callable[[], bool] = lambda: True, fit_s: float = 0.0) -> RetrainOutcome:
-        """Calibrate, gate against the champion, register, then promote or mark rejected."""
+                 is_leader: Callable[[], bool] = lambda: True, fit_s: float = 0.0,
+                 trusted: LabelSet | None = None, new_labels: LabelSet | None = None) -> RetrainOutcome:
+        """Calibrate, gate against the champion, register, then promote or mark rejected.
+
+        ``trusted`` (audit + pinned labels, never trained on) and ``new_labels`` (for the
+        disagreement alarm) are optional: without them the gate judges on held-back labels alone.
+        """
         registry = self.stores.registry
         traffic_scores = candidate.score(X_traffic)
         held_scores = candidate.score(held_X) if len(held_X) else np.empty(0, np.float32)
         threshold, calibration = calibrate_threshold(traffic_scores, settings=self.settings, y_labels=held_y,
                                                      label_scores=held_scores)
         cand_ev = model_evidence(held_y, held_scores, traffic_scores, threshold)
-        champ_ev = None
+        champ_ev = trusted_ev = disagreement = None
         if champion is not None and champion_version is not None:
             champ_threshold = registry.manifest(champion_version).threshold
             champ_threshold = float("inf") if champ_threshold is None else champ_threshold
+            champ_traffic = champion.score(X_traffic)
             champ_ev = model_evidence(held_y, champion.score(held_X) if len(held_X) else np.empty(0, np.float32),
-                                      champion.score(X_traffic), champ_threshold)
-        gate: GateDecision = promotion_gate(cand_ev, champ_ev, alert_budget=self.settings.alert_budget,
-                                            min_labels=self.settings.gate_min_labels, tolerance=self.settings.gate_tolerance)
+                                      champ_traffic, champ_threshold)
+            if trusted is not None and len(trusted.y):
+                trusted_ev = TrustedEvidence(
+                    candidate=model_evidence(trusted.y, candidate.score(trusted.X), traffic_scores, threshold),
+                    champion=model_evidence(trusted.y, champion.score(trusted.X), champ_traffic, champ_threshold))
+            if new_labels is not None and len(new_labels.y):
+                disagreement = self._disagreement(new_labels, champion, champ_threshold, champ_traffic)
+        s = self.settings
+        gate: GateDecision = promotion_gate(cand_ev, champ_ev, alert_budget=s.alert_budget, min_labels=s.gate_min_labels,
+                                            tolerance=s.gate_tolerance, trusted=trusted_ev, disagreement=disagreement,
+                                            min_trusted_anomalies=s.gate_min_trusted_anomalies)
+        summary = {**summary, "n_trusted": len(trusted.y) if trusted is not None else 0,
+                   "n_trusted_anomalies": int(trusted.y.sum()) if trusted is not None else 0}
         weights, manifest = candidate.save()
         manifest = finalize_manifest(manifest, threshold=threshold, calibration=calibration, summary=summary,
                                      metrics={"gate": gate.as_dict()}, parent_version=champion_version)
         version = registry.register(weights, manifest, note=f"{trigger}: {gate.reason}")
+        if disagreement is not None:
+            self._settle_disagreement(disagreement, version)
         if gate.promote and not is_leader():
             registry.mark(version, "rejected", note="lost the trainer lock before promotion")
             return self._record(RetrainOutcome(trigger, "rejected", "lost the trainer lock before promotion", version,
@@ -181,3 +217,26 @@ class Retrainer:
         registry.mark(version, "rejected", note=gate.reason)
         return self._record(RetrainOutcome(trigger, "rejected", gate.reason, version, champion_version, fit_s,
                                            summary, gate.as_dict()))
+
+    # ------------------------------------------------------------------ the poisoning alarm
+    def _disagreement(self, new_labels: LabelSet, champion: Any, champ_threshold: float,
+                      champ_traffic: npt.NDArray[np.float32]) -> LabelDisagreement:
+        """New labels against the champion's confident calls (alerts, and the quietest half of traffic)."""
+        s = self.settings
+        quiet_below = float(np.quantile(champ_traffic, _QUIET_QUANTILE)) if len(champ_traffic) else float("-inf")
+        return label_disagreement(new_labels.event_ids, new_labels.y, champion.score(new_labels.X), new_labels.analysts,
+                                  threshold=champ_threshold, quiet_below=quiet_below,
+                                  baseline=self.stores.labels.disagreement_history(),
+                                  max_jump=s.gate_max_disagreement_jump, z_alarm=s.gate_disagreement_z,
+                                  min_confident=s.gate_min_disagreement_labels)
+
+    def _settle_disagreement(self, disagreement: LabelDisagreement, version: str) -> None:
+        """An alarm quarantines the contradicting labels; a quiet run extends the history."""
+        labels = self.stores.labels
+        if disagreement.alarm:
+            n = labels.quarantine(disagreement.contradicting_ids)
+            log.warning("label stream disagreement alarm (candidate %s rejected): %s; %d labels quarantined; "
+                        "per analyst [confident, contradicting]: %s", version, disagreement.reason, n,
+                        disagreement.by_analyst)
+        else:
+            labels.add_disagreement(disagreement.n_confident, disagreement.n_contradicting)

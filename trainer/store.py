@@ -7,7 +7,9 @@ needs; the scorer only appends. Every write is one pipeline per micro-batch, nev
   joined to them. Events are grouped into hourly hashes (``HSET`` of the whole batch + one
   ``EXPIRE``) instead of one key per event: one command per batch, and expiry by bucket.
 - **LabelStore**: analysts' labels joined with their events' features, one entry per event_id
-  (a later label replaces an earlier one), plus a change counter the trainer's label trigger reads.
+  (a later label replaces an earlier one), plus a change counter the trainer's label trigger reads,
+  the operator's pinned (trusted) and quarantined event ids, and the label stream's historical
+  disagreement with the champion (what the gate's poisoning alarm compares new labels against).
 - **TrafficReservoir**: a uniform reservoir sample (Vitter's algorithm R) of recent unlabelled
   feature vectors, the contaminated pool MNP trains its unlabelled side on. Scorers share one
   position counter (``INCRBY`` reserves each batch's range); each scorer decides on its own which
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -192,30 +194,79 @@ def is_held_back(event_id: str, fraction: float) -> bool:
 
 @dataclass(frozen=True)
 class LabelSet:
-    """All stored labels at one moment: ids, 1 = anomaly / 0 = normal, features, change counter."""
+    """All stored labels at one moment: ids, 1 = anomaly / 0 = normal, features, change counter.
+
+    Per label also: its provenance (``sources``), ``analysts``, the store's ``change_seq`` when it
+    was last written (labels with ``change_seq > trained_seq`` are new since the last training
+    run), and whether an operator pinned it (``is_pinned``) or the gate quarantined it
+    (``is_quarantined``). The per-label fields default to "manual, old, neither" so a set can be
+    built from ids, y and X alone.
+    """
 
     event_ids: list[str]
     y: npt.NDArray[np.int64]
     X: npt.NDArray[np.float32]
     seq: int
+    sources: list[str] = field(default_factory=list)
+    analysts: list[str] = field(default_factory=list)
+    change_seq: npt.NDArray[np.int64] | None = None
+    is_pinned: npt.NDArray[np.bool_] | None = None
+    is_quarantined: npt.NDArray[np.bool_] | None = None
+    trained_seq: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.event_ids)
+        defaults = {"sources": ["manual"] * n, "analysts": [""] * n, "change_seq": np.zeros(n, np.int64),
+                    "is_pinned": np.zeros(n, bool), "is_quarantined": np.zeros(n, bool)}
+        for name, value in defaults.items():
+            current = getattr(self, name)
+            if current is None or (isinstance(current, list) and not current and n):
+                object.__setattr__(self, name, value)
+
+    @property
+    def is_trusted(self) -> npt.NDArray[np.bool_]:
+        """Audit labels and pinned labels: the gate's evaluation set, never trained on."""
+        return np.array([s == "audit" for s in self.sources], dtype=bool) | self.is_pinned
+
+    @property
+    def is_new(self) -> npt.NDArray[np.bool_]:
+        """Written since the last training run."""
+        return self.change_seq > self.trained_seq
 
     def split(self, holdout_fraction: float) -> tuple[LabelSet, LabelSet]:
-        """(training labels, held-back labels) by :func:`is_held_back`."""
+        """(training labels, held-back labels) by :func:`is_held_back`, among the untrusted,
+        unquarantined labels: trusted labels are only measured on (:meth:`trusted`), quarantined
+        ones neither trained nor measured on until an operator releases them."""
+        usable = ~self.is_trusted & ~self.is_quarantined
         mask = np.array([is_held_back(e, holdout_fraction) for e in self.event_ids], dtype=bool)
-        return self._subset(~mask), self._subset(mask)
+        return self.subset(usable & ~mask), self.subset(usable & mask)
 
-    def _subset(self, mask: npt.NDArray[np.bool_]) -> LabelSet:
-        ids = [e for e, keep in zip(self.event_ids, mask) if keep]
-        return LabelSet(event_ids=ids, y=self.y[mask], X=self.X[mask], seq=self.seq)
+    def trusted(self) -> LabelSet:
+        return self.subset(self.is_trusted)
+
+    def new_untrusted(self) -> LabelSet:
+        """New labels whose honesty is in question (not pinned, not already quarantined)."""
+        return self.subset(self.is_new & ~self.is_pinned & ~self.is_quarantined)
+
+    def subset(self, mask: npt.NDArray[np.bool_]) -> LabelSet:
+        pick = np.flatnonzero(mask)
+        return LabelSet(event_ids=[self.event_ids[i] for i in pick], y=self.y[mask], X=self.X[mask], seq=self.seq,
+                        sources=[self.sources[i] for i in pick], analysts=[self.analysts[i] for i in pick],
+                        change_seq=self.change_seq[mask], is_pinned=self.is_pinned[mask],
+                        is_quarantined=self.is_quarantined[mask], trained_seq=self.trained_seq)
 
 
 class LabelStore:
     """Labels by event_id with their event's features; applying the same label twice changes nothing.
 
-    Keys under ``{prefix}:labels:``: ``meta`` (event_id -> JSON of label, analyst, ts),
+    Keys under ``{prefix}:labels:``: ``meta`` (event_id -> JSON of label, analyst, ts, source),
     ``features`` (event_id -> float32 bytes), ``seq`` (a counter bumped by every new or changed
-    label), ``order`` (event_id by the seq of its last change, newest last) and ``trained_seq``
-    (the ``seq`` the last training run saw; ``seq - trained_seq`` is the new-label count).
+    label), ``order`` (event_id by the seq of its last change, newest last), ``trained_seq``
+    (the ``seq`` the last training run saw; ``seq - trained_seq`` is the new-label count),
+    ``trusted`` (set of event ids an operator pinned: ``protoguard labels pin``), ``quarantine``
+    (set of event ids the gate's poisoning alarm held out of training: ``protoguard labels
+    release``) and ``disagreement`` (hash: ``n_confident``, ``n_contradicting`` summed over the
+    training runs whose labels raised no alarm).
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "pg") -> None:
@@ -224,6 +275,8 @@ class LabelStore:
         base = f"{prefix}:labels"
         self.meta_key, self.features_key = f"{base}:meta", f"{base}:features"
         self.seq_key, self.order_key, self.trained_key = f"{base}:seq", f"{base}:order", f"{base}:trained_seq"
+        self.trusted_key, self.quarantine_key = f"{base}:trusted", f"{base}:quarantine"
+        self.disagreement_key = f"{base}:disagreement"
         self._apply = client.register_script(_APPLY_LABELS_LUA)
 
     def apply(self, event_ids: Sequence[str], metas: Sequence[bytes], X: npt.NDArray[np.float32]) -> list[LabelWrite]:
@@ -257,18 +310,77 @@ class LabelStore:
 
     def snapshot(self, n_features: int) -> LabelSet:
         """Every stored label whose features have ``n_features`` columns (others were for another model)."""
-        seq = self.seq()
-        metas = self.client.hgetall(self.meta_key)
-        features = self.client.hgetall(self.features_key)
+        pipe = self.client.pipeline(transaction=True)  # one consistent view of labels, order and both sets
+        pipe.get(self.seq_key)
+        pipe.get(self.trained_key)
+        pipe.hgetall(self.meta_key)
+        pipe.hgetall(self.features_key)
+        pipe.zrange(self.order_key, 0, -1, withscores=True)
+        pipe.smembers(self.trusted_key)
+        pipe.smembers(self.quarantine_key)
+        seq_raw, trained_raw, metas, features, order, pinned, quarantined = pipe.execute()
+        changed = {eid: int(score) for eid, score in order}
         ids: list[str] = []
         ys: list[int] = []
         rows: list[bytes] = []
+        sources: list[str] = []
+        analysts: list[str] = []
+        seqs: list[int] = []
         for eid_b, meta in metas.items():
             row = features.get(eid_b)
             if row is None or len(row) != 4 * n_features:
                 continue
+            label = orjson.loads(meta)
             ids.append(eid_b.decode())
-            ys.append(1 if orjson.loads(meta)["label"] == "anomaly" else 0)
+            ys.append(1 if label["label"] == "anomaly" else 0)
             rows.append(row)
+            sources.append(label.get("source", "manual"))
+            analysts.append(str(label.get("analyst", "")))
+            seqs.append(changed.get(eid_b, 0))
         X = np.frombuffer(b"".join(rows), dtype=np.float32).reshape(len(rows), n_features).copy()
-        return LabelSet(event_ids=ids, y=np.asarray(ys, dtype=np.int64), X=X, seq=seq)
+        return LabelSet(event_ids=ids, y=np.asarray(ys, dtype=np.int64), X=X, seq=int(seq_raw or 0),
+                        sources=sources, analysts=analysts, change_seq=np.asarray(seqs, dtype=np.int64),
+                        is_pinned=np.array([e.encode() in pinned for e in ids], dtype=bool),
+                        is_quarantined=np.array([e.encode() in quarantined for e in ids], dtype=bool),
+                        trained_seq=int(trained_raw or 0))
+
+    # ------------------------------------------------------------------ trust: pinned and quarantined labels
+    def pin(self, event_ids: Sequence[str]) -> int:
+        """An operator vouches for these events' labels: they join the gate's trusted evaluation set
+        (and leave quarantine). Returns how many were not pinned before."""
+        if not event_ids:
+            return 0
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(self.trusted_key, *event_ids)
+        pipe.srem(self.quarantine_key, *event_ids)
+        return int(pipe.execute()[0])
+
+    def unpin(self, event_ids: Sequence[str]) -> int:
+        return int(self.client.srem(self.trusted_key, *event_ids)) if event_ids else 0
+
+    def quarantine(self, event_ids: Sequence[str]) -> int:
+        """Hold labels out of training and of the held-back gate (the poisoning alarm's doing)."""
+        return int(self.client.sadd(self.quarantine_key, *event_ids)) if event_ids else 0
+
+    def release(self, event_ids: Sequence[str]) -> int:
+        """Return quarantined labels to training (an operator judged them honest)."""
+        return int(self.client.srem(self.quarantine_key, *event_ids)) if event_ids else 0
+
+    def pinned(self) -> list[str]:
+        return sorted(v.decode() for v in self.client.smembers(self.trusted_key))
+
+    def quarantined(self) -> list[str]:
+        return sorted(v.decode() for v in self.client.smembers(self.quarantine_key))
+
+    # ------------------------------------------------------------------ the stream's disagreement history
+    def disagreement_history(self) -> tuple[int, int]:
+        """(confident labels, of which contradicting the champion of their time) over past runs."""
+        n_confident, n_contradicting = self.client.hmget(self.disagreement_key, "n_confident", "n_contradicting")
+        return int(n_confident or 0), int(n_contradicting or 0)
+
+    def add_disagreement(self, n_confident: int, n_contradicting: int) -> None:
+        """Add a run's counts to the history (only runs whose labels raised no alarm)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(self.disagreement_key, "n_confident", n_confident)
+        pipe.hincrby(self.disagreement_key, "n_contradicting", n_contradicting)
+        pipe.execute()

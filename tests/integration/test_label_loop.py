@@ -209,3 +209,27 @@ def test_an_overdue_schedule_runs_once_at_start_however_many_runs_were_missed(pi
     assert last["trigger"] == "schedule" and time.time() - last["ts"] < 60
     trainer.send_signal(signal.SIGTERM)
     assert trainer.wait(timeout=120) == 0, pipeline.process_report()
+
+
+def test_targeted_label_flips_raise_the_alarm_and_honest_labels_are_promoted(redis_client, unique) -> None:
+    """The poisoned-label benchmark, shrunk: the same UNSW rounds labelled honestly and with 20 % of
+    each round's labels flipped (alerted attacks near one seed attack relabelled normal) after an
+    honest first round. The real Retrainer, label store and registry on the stack's Redis."""
+    from protoguard.benchmarks.poisoned_labels import Scenario, run_world
+    from protoguard.cli.demo_cmd import bundled_sample
+    from protoguard.stream.replay import load_dataset
+
+    dataset = load_dataset(bundled_sample())
+    scenario = Scenario(X=dataset.X, y=dataset.y.astype(np.int64), feature_names=list(dataset.feature_names), seed=0,
+                        n_train=2000, n_rounds=3, n_round=2000, n_eval=1000, n_epochs=6)
+    honest = run_world(redis_client, scenario, poisoned=False, prefix=unique("honest"))
+    poisoned = run_world(redis_client, scenario, poisoned=True, prefix=unique("poisoned"))
+
+    assert not any(r["alarm"] for r in honest)
+    assert any(r["decision"] == "promoted" for r in honest[1:]), honest
+    for r in poisoned[1:]:
+        assert r["n_flipped"] > 0 and r["alarm"] and r["decision"] == "rejected", r
+        assert "disagreement alarm" in r["reason"]
+    store = LabelStore(redis_client, prefix=next(p for p in redis_client.scan_iter("poisoned-*:labels:quarantine"))
+                       .decode().rsplit(":labels:", 1)[0])
+    assert len(store.quarantined()) >= sum(r["n_flipped"] for r in poisoned[1:]) // 2

@@ -117,3 +117,28 @@ def test_label_store_is_idempotent_per_event_and_counts_new_labels(redis_client:
     assert sorted(snap.event_ids) == ["a", "b", "c"]
     assert dict(zip(snap.event_ids, snap.y.tolist())) == {"a": 1, "b": 1, "c": 1}
     assert store.snapshot(5).event_ids == []  # rows of another width are not this model's
+
+
+def test_label_store_keeps_provenance_pins_and_quarantine(redis_client: redis.Redis, unique) -> None:
+    store = LabelStore(redis_client, prefix=unique("lbl"))
+    X = np.arange(16, dtype=np.float32).reshape(4, 4)
+    metas = [orjson.dumps({"label": "anomaly", "source": "alert", "analyst": "ann"}),
+             orjson.dumps({"label": "normal", "source": "audit", "analyst": "bob"}),
+             orjson.dumps({"label": "normal", "analyst": "ann"}),  # written before labels had a source
+             orjson.dumps({"label": "anomaly", "source": "alert", "analyst": "eve"})]
+    store.apply(["a", "b", "c", "d"], metas, X)
+    store.mark_trained(2)
+    assert store.pin(["c"]) == 1 and store.quarantine(["d"]) == 1
+    snap = store.snapshot(4)
+    by_id = {e: i for i, e in enumerate(snap.event_ids)}
+    assert [snap.sources[by_id[e]] for e in "abcd"] == ["alert", "audit", "manual", "alert"]
+    assert sorted(snap.trusted().event_ids) == ["b", "c"]          # the audit label and the pinned one
+    assert snap.new_untrusted().event_ids == []                      # c is pinned, d already quarantined
+    train, held = snap.split(0.5)
+    assert sorted(train.event_ids + held.event_ids) == ["a"]
+    assert store.pin(["d"]) == 1 and store.quarantined() == []      # pinning vouches: out of quarantine
+    store.quarantine(["a"])
+    assert store.release(["a"]) == 1 and store.pinned() == ["c", "d"]
+    store.add_disagreement(40, 4)
+    store.add_disagreement(10, 1)
+    assert store.disagreement_history() == (50, 5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -9,7 +10,16 @@ import pytest
 
 from protoguard.schemas.settings import TrainerSettings
 from protoguard.stream.labels import decode_labels
-from protoguard.trainer.evaluation import ModelEvidence, model_evidence, promotion_gate, threshold_for_precision
+from protoguard.schemas.events import Label
+from protoguard.trainer.evaluation import (
+    LabelDisagreement,
+    ModelEvidence,
+    TrustedEvidence,
+    label_disagreement,
+    model_evidence,
+    promotion_gate,
+    threshold_for_precision,
+)
 from protoguard.trainer.retraining import calibrate_threshold
 from protoguard.trainer.store import LabelSet, is_held_back
 
@@ -90,3 +100,77 @@ def test_decode_labels_keeps_good_ones_and_explains_bad_ones() -> None:
     assert [(i, lab.event_id) for i, lab in labels] == [(0, "e1")]
     assert [(r.index, r.stage) for r in rejects] == [(1, "decode"), (2, "validate"), (3, "decode"), (4, "decode")]
     assert "label" in rejects[1].message
+
+
+# ---------------------------------------------------------------- poisoning: provenance, trusted labels, the alarm
+def test_labels_carry_provenance_and_default_to_manual() -> None:
+    old = Label.model_validate_json(b'{"event_id": "e", "label": "normal", "analyst": "a", "ts": "2025-01-01T00:00:00Z"}')
+    assert old.source == "manual"
+    assert Label(event_id="e", label="anomaly", analyst="a", ts=datetime.now(UTC), source="audit").source == "audit"
+    with pytest.raises(ValueError, match="source"):
+        Label(event_id="e", label="anomaly", analyst="a", ts=datetime.now(UTC), source="rumour")
+
+
+def test_trusted_and_quarantined_labels_never_reach_training_or_the_held_back_set() -> None:
+    n = 200
+    ids = [f"e{i}" for i in range(n)]
+    sources = ["audit" if i % 4 == 0 else "alert" for i in range(n)]
+    pinned = np.zeros(n, bool)
+    pinned[[1, 2]] = True
+    quarantined = np.zeros(n, bool)
+    quarantined[[3, 5]] = True
+    labels = LabelSet(event_ids=ids, y=np.zeros(n, np.int64), X=np.zeros((n, 2), np.float32), seq=9, sources=sources,
+                      analysts=["a"] * n, change_seq=np.arange(n, dtype=np.int64), is_pinned=pinned,
+                      is_quarantined=quarantined, trained_seq=150)
+    train, held = labels.split(0.3)
+    trusted = set(labels.trusted().event_ids)
+    assert trusted == {e for e, s in zip(ids, sources) if s == "audit"} | {"e1", "e2"}
+    assert not (set(train.event_ids) | set(held.event_ids)) & (trusted | {"e3", "e5"})
+    assert len(train.event_ids) + len(held.event_ids) + len(trusted) + 2 == n
+    new = labels.new_untrusted()
+    assert new.event_ids == ids[151:]  # changed after the last training run (seq > 150), none pinned there
+    assert LabelSet(event_ids=["x"], y=np.zeros(1, np.int64), X=np.zeros((1, 2), np.float32), seq=1).sources == ["manual"]
+
+
+def _disagreement(n_contradicting: int, n: int = 60, baseline: tuple[int, int] = (120, 18)) -> LabelDisagreement:
+    y = np.array([0] * n_contradicting + [1] * (n - n_contradicting))  # all alerted: normal labels contradict
+    return label_disagreement([f"e{i}" for i in range(n)], y, np.full(n, 0.9), ["ann"] * n, threshold=0.5,
+                              quiet_below=0.1, baseline=baseline, max_jump=0.1, z_alarm=3.0, min_confident=20)
+
+
+def test_disagreement_alarm_needs_a_large_and_clear_jump_and_names_who() -> None:
+    calm = _disagreement(10)        # 17 % vs 15 % before: honest noise
+    jump = _disagreement(30)        # 50 % vs 15 %
+    assert not calm.alarm and "ok:" in calm.reason
+    assert jump.alarm and jump.reason.startswith("ALARM") and jump.z > 3
+    assert jump.by_analyst == {"ann": [60, 30]} and len(jump.contradicting_ids) == 30
+    first = _disagreement(30, baseline=(0, 0))  # no history yet: cannot compare, no alarm
+    assert not first.alarm and "not compared" in first.reason
+    quiet = label_disagreement(["a", "b"], [1, 0], [0.05, 0.05], ["x", "x"], threshold=0.5, quiet_below=0.1,
+                               baseline=(0, 0), max_jump=0.1, z_alarm=3.0, min_confident=1)
+    assert quiet.n_confident == 2 and quiet.contradicting_ids == ["a"]  # quiet but labelled anomaly
+
+
+def test_gate_rejects_on_the_alarm_and_lets_trusted_labels_decide() -> None:
+    held_good, held_champ = _ev(0.95), _ev(0.7)  # on (poisoned) held-back labels the candidate looks better
+    alarm = promotion_gate(held_good, held_champ, alert_budget=0.02, min_labels=10, tolerance=0.01,
+                           disagreement=_disagreement(30))
+    assert not alarm.promote and "disagreement alarm" in alarm.reason
+    assert alarm.as_dict()["label_disagreement"]["alarm"] is True
+
+    worse_on_trusted = TrustedEvidence(candidate=_ev(0.40, n=60, n_anom=8), champion=_ev(0.55, n=60, n_anom=8))
+    decision = promotion_gate(held_good, held_champ, alert_budget=0.02, min_labels=10, tolerance=0.01,
+                              trusted=worse_on_trusted, disagreement=_disagreement(10))
+    assert not decision.promote and decision.checks["trusted_auc_pr"] is False and "trusted" in decision.reason
+
+    # enough trusted labels decide alone: a candidate worse on (possibly poisoned) held-back labels still passes
+    better_on_trusted = TrustedEvidence(candidate=_ev(0.60, n=60, n_anom=8), champion=_ev(0.55, n=60, n_anom=8))
+    decision = promotion_gate(_ev(0.5), _ev(0.9), alert_budget=0.02, min_labels=10, tolerance=0.01,
+                              trusted=better_on_trusted)
+    assert decision.promote and "trusted labels" in decision.reason
+
+    # too few trusted anomalies: the held-back labels decide, as before
+    thin = TrustedEvidence(candidate=_ev(0.9, n=60, n_anom=2), champion=_ev(0.1, n=60, n_anom=2))
+    decision = promotion_gate(_ev(0.5), _ev(0.9), alert_budget=0.02, min_labels=10, tolerance=0.01, trusted=thin,
+                              min_trusted_anomalies=5)
+    assert not decision.promote and decision.checks["auc_pr"] is False
