@@ -382,7 +382,8 @@ def main() -> int:
                                      redis_port=free_port()))
     info = stack.up()
     stalls: list[str] = []
-    results: dict[str, Any] = {"partitions": args.partitions, "cpus": os.cpu_count(), "shapes": {}}
+    results: dict[str, Any] = {"partitions": args.partitions, "cpus": os.cpu_count(), "shapes": {},
+                               "load_average_at_start": os.getloadavg()}
     try:
         bench = Bench(info, workdir, args.partitions)
         for name in args.shapes.split(","):
@@ -390,6 +391,7 @@ def main() -> int:
     finally:
         stack.down()
     results["stalls"] = stalls
+    results["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     args.out.with_suffix(".md").write_text(table(results) + "\n")

@@ -91,12 +91,23 @@ class Label(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    """A consumed message that could not be processed, with enough context to replay it."""
+    """A consumed message that could not be processed, with enough context to replay it.
+
+    ``dead_letter_id`` is derived from (topic, partition, offset) only, so a message dead-lettered
+    again after a re-delivery gets the same id and readers can de-duplicate. The original bytes are
+    kept up to a configured size (``stream.dead_letter_max_bytes``): a poison pill of any size
+    still becomes a dead letter that fits the producer's request limit; ``original_size`` and
+    ``original_sha256`` describe the whole message, ``truncated`` says whether bytes were cut.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = 1
+    dead_letter_id: str = ""
     original_b64: str
+    original_size: int | None = None
+    original_sha256: str | None = None
+    truncated: bool = False
     topic: str
     partition: int
     offset: int

@@ -104,6 +104,9 @@ class StreamSettings(_Section):
     model_poll_s: float = Field(default=2.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     n_top_features: int = Field(default=3, ge=0)
+    #: a dead letter keeps at most this many bytes of the original message (with its full size and
+    #: sha256): base64 adds a third, so this must stay well under the producer's 1 MiB request limit
+    dead_letter_max_bytes: int = Field(default=64 * 1024, ge=0, le=512 * 1024)
 
 
 class TrainerSettings(_Section):

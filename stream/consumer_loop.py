@@ -121,14 +121,26 @@ def dead_letter_id(topic: str, partition: int, offset: int) -> str:
     return hashlib.sha256(f"{topic}\x00{partition}\x00{offset}".encode()).hexdigest()[:32]
 
 
+#: An error message is cut to this many characters (a validation error can quote its input).
+_MAX_ERROR_CHARS = 2000
+
+
 def send_dead_letter(checkpoint: Checkpoint, topic: str, record: Any, *, stage: RejectStage, error_class: str,
-                     message: str) -> None:
-    """Queue a ``DeadLetter`` carrying the original bytes and where they came from on the batch's checkpoint."""
+                     message: str, max_original_bytes: int = 65_536) -> None:
+    """Queue a ``DeadLetter`` carrying the original bytes (up to ``max_original_bytes``) and where
+    they came from on the batch's checkpoint. Its size is bounded whatever the input's size, so a
+    poison pill cannot make the dead letter itself unsendable (and the batch stuck)."""
+    original = record.value or b""
+    letter_id = dead_letter_id(record.topic, record.partition, record.offset)
+    message = message if len(message) <= _MAX_ERROR_CHARS else message[:_MAX_ERROR_CHARS] + " ...(cut)"
     letter = DeadLetter(
-        original_b64=base64.b64encode(record.value or b"").decode(), topic=record.topic, partition=record.partition,
+        dead_letter_id=letter_id, original_b64=base64.b64encode(original[:max_original_bytes]).decode(),
+        original_size=len(original), original_sha256=hashlib.sha256(original).hexdigest(),
+        truncated=len(original) > max_original_bytes, topic=record.topic, partition=record.partition,
         offset=record.offset, stage=stage, error_class=error_class, error_message=message, ts=datetime.now(UTC),
     )
-    log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, message)
+    log.warning("dead letter %s[%d]@%d (%d B): %s", record.topic, record.partition, record.offset, len(original),
+                message[:300])
     checkpoint.send(topic, key=record.key, value=orjson.dumps(letter.model_dump(mode="json")),
                     headers=[("stage", stage.encode()), ("error_class", error_class.encode()),
-                             ("dead_letter_id", dead_letter_id(record.topic, record.partition, record.offset).encode())])
+                             ("dead_letter_id", letter_id.encode())])

@@ -98,15 +98,17 @@ class ScoringWorker(ConsumerLoop):
 
     # ---------------------------------------------------------------- lifecycle
     def readiness(self) -> tuple[bool, dict[str, bool]]:
-        """Ready = holds partitions and serves a model; Redis is reported but does not gate
-        readiness, because the scorer keeps scoring (and alerting) while Redis is away."""
+        """Ready = holds partitions, serves a model and its last batch reached the broker. Redis is
+        reported but does not gate readiness: the scorer keeps scoring and alerting while it is away
+        (``redis_writing`` false means feature rows are being skipped)."""
         try:
             redis_ok = bool(self.stores.client.ping())
         except redis.RedisError:
             redis_ok = False
         checks = {"partitions_assigned": bool(self.consumer.assignment()), "model_loaded": self.watcher.model is not None,
-                  "redis_reachable": redis_ok}
-        return checks["partitions_assigned"] and checks["model_loaded"], checks
+                  "delivering": self._loop_backoff.failures == 0, "redis_reachable": redis_ok,
+                  "redis_writing": self.state.backoff.failures == 0}
+        return checks["partitions_assigned"] and checks["model_loaded"] and checks["delivering"], checks
 
     def start_health_server(self) -> int:
         self.health = HealthServer(self.metrics.registry, self.readiness, port=self.stream.metrics_port,
@@ -126,7 +128,6 @@ class ScoringWorker(ConsumerLoop):
                 try:
                     if self.step() is None:
                         time.sleep(0.2)  # nothing to serve yet: do not consume (offsets stay where they are)
-                    self._loop_backoff.succeeded()
                 except _TRANSIENT as exc:
                     self.metrics.loop_errors.labels(kind=type(exc).__name__).inc()
                     delay = self._loop_backoff.failed()
@@ -245,6 +246,7 @@ class ScoringWorker(ConsumerLoop):
         outcome.result = result = checkpoint.commit()
         self.metrics.commits.labels(result=result.value).inc()
         if result is CommitResult.COMMITTED:
+            self._loop_backoff.succeeded()
             self._record_metrics(checkpoint, records, decoded, len(alerts), time.monotonic() - started)
             outcome.n_scored, outcome.n_dead, outcome.n_alerts = len(decoded), len(decoded.rejects), len(alerts)
             outcome.offsets = checkpoint.offsets
@@ -255,7 +257,8 @@ class ScoringWorker(ConsumerLoop):
     def _send_dead_letters(self, checkpoint: Checkpoint, records: list[Any], decoded: DecodedBatch) -> None:
         for r in decoded.rejects:
             send_dead_letter(checkpoint, self.kafka.dlq_topic, records[r.index], stage=r.stage,
-                             error_class=r.error_class, message=r.message)
+                             error_class=r.error_class, message=r.message,
+                             max_original_bytes=self.stream.dead_letter_max_bytes)
 
     def _write_state(self, decoded: DecodedBatch) -> bool:
         """Hand the batch's feature rows and reservoir offer to the Redis writer thread (never blocks
