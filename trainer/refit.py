@@ -13,7 +13,10 @@ Where the classes come from: the label store and the reservoir keep feature rows
 events' ``kind`` (the scorer would have to write it; see the issue-15 note). Until they do, a
 row's class is the class under which the *champion* finds it most likely
 (``champion.predict_class``). This keeps every class the champion serves and assigns rows that
-belong to a class to it; what it cannot do is learn a class the champion never saw.
+belong to a class to it; what it cannot do is learn a class the champion never saw. For the same
+reason the retrain's threshold (the trainer's alert budget over the reservoir's scores) and the
+gate see class-agnostic scores: a class swap counts as normal there, and a retrained class-aware
+model serves one budget threshold for all classes instead of its per-class normal quantiles.
 """
 from __future__ import annotations
 
