@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -269,12 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (each runs both worlds)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flip-share", type=float, default=0.2)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     dataset = load_dataset(bundled_sample())
     assert dataset.y is not None
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"command": "python -m protoguard.benchmarks.poisoned_labels " + " ".join(argv or []),
+    results: dict[str, Any] = {"command": " ".join(["python -m protoguard.benchmarks.poisoned_labels", *argv]),
                                "runs": []}
     md = ["# Poisoned labels vs the promotion gate", "", f"`{results['command'].strip()}`", ""]
     for seed in (int(v) for v in args.seeds.split(",")):
