@@ -107,6 +107,10 @@ class StreamSettings(_Section):
     #: a dead letter keeps at most this many bytes of the original message (with its full size and
     #: sha256): base64 adds a third, so this must stay well under the producer's 1 MiB request limit
     dead_letter_max_bytes: int = Field(default=64 * 1024, ge=0, le=512 * 1024)
+    #: an event with a feature this many training ranges beyond what an MNP model was fitted on is
+    #: an alert (component out_of_training_range) whatever the score: networks extrapolate badly
+    #: and can call such events normal. 0 turns the guard off
+    out_of_range_spans: float = Field(default=100.0, ge=0)
 
 
 class TrainerSettings(_Section):

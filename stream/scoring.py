@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from ..schemas.manifest import ModelManifest
 
-__all__ = ["ScoredBatch", "row_thresholds", "score_batch"]
+__all__ = ["OUT_OF_RANGE", "ScoredBatch", "out_of_range", "row_thresholds", "score_batch"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ScoredBatch:
     ``top_contributions`` and every ``components`` entry) have one entry per *alert row*: entry
     ``i`` describes row ``alert_rows[i]``; None where the detector has no such explanation.
 
-    A NaN score compares False with any threshold: the row is not an alert and is not explained.
+    A non-finite score (NaN, +-inf) makes its row an alert: see ``_alert_rows``.
     """
 
     scores: npt.NDArray[np.float32]
@@ -72,7 +72,32 @@ class ScoredBatch:
 
 
 def _alert_rows(scores: npt.NDArray[np.float32], thresholds: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-    return np.flatnonzero(scores > thresholds)
+    # A non-finite score is an alert, never a silent "not over threshold": NaN compares False with
+    # every threshold, so the events a model cannot score (typically the most unusual ones) would
+    # otherwise pass unseen. Decided: alert rather than dead-letter, because the event itself was
+    # valid and the analysts watching alerts are who must see it (build_alerts says why in the alert).
+    return np.flatnonzero((scores > thresholds) | ~np.isfinite(scores))
+
+
+#: Component of an alert raised because the event lies far outside the model's training range.
+OUT_OF_RANGE = "out_of_training_range"
+
+
+def out_of_range(manifest: ModelManifest, X: npt.NDArray[np.float32], spans: float) -> npt.NDArray[np.float32]:
+    """Per row, how many training ranges its most extreme feature lies beyond the range the model
+    was fitted on (0 inside it); only for MinMax-scaled models (MNP).
+
+    Why: a network fed values it never saw extrapolates, and MNP's scoring network can saturate to
+    "normal" (a feature at 1e6 of its training span scored 0.0 in tests/faults), so the most
+    abnormal events would pass silently. HGAD clips its robust-scaled inputs, so it is not guarded
+    here. ``spans`` <= 0 turns the guard off.
+    """
+    scaler = manifest.scaler
+    if spans <= 0 or scaler is None or scaler.kind != "minmax" or len(X) == 0:
+        return np.zeros(len(X), dtype=np.float32)
+    scaled = (X - np.asarray(scaler.offset, np.float32)) / np.asarray(scaler.scale, np.float32)
+    beyond = np.maximum(-scaled, scaled - 1.0).max(axis=1)
+    return np.where(beyond > spans, beyond, 0.0).astype(np.float32)
 
 
 def row_thresholds(manifest: ModelManifest, kinds: Sequence[str | None]) -> npt.NDArray[np.float32]:
@@ -88,7 +113,8 @@ def row_thresholds(manifest: ModelManifest, kinds: Sequence[str | None]) -> npt.
 
 
 def score_batch(detector: Any, manifest: ModelManifest, X: npt.NDArray[np.float32],
-                kinds: Sequence[str | None] | None = None, n_top: int = 3) -> ScoredBatch:
+                kinds: Sequence[str | None] | None = None, n_top: int = 3,
+                out_of_range_spans: float = 0.0) -> ScoredBatch:
     """Score every row of ``X`` with the served detector and explain the rows over threshold.
 
     ``kinds`` are the events' claimed classes (None: unknown); class-blind detectors ignore them.
@@ -102,6 +128,9 @@ def score_batch(detector: Any, manifest: ModelManifest, X: npt.NDArray[np.float3
     scores = detector.score_rows(X, kinds)
     thresholds = row_thresholds(manifest, kinds)
     rows = _alert_rows(scores, thresholds)
+    extreme = out_of_range(manifest, X, out_of_range_spans)
+    if extreme.any():  # events far outside the training range alert whatever the network says
+        rows = np.union1d(rows, np.flatnonzero(extreme))
     # One call, also for zero rows: every detector answers an empty batch without a forward pass,
     # and the columns keep their shapes (e.g. top_features (0, n_top)).
     exp = detector.explain_rows(X[rows], [kinds[r] for r in rows.tolist()], n_top=n_top)
@@ -111,4 +140,5 @@ def score_batch(detector: Any, manifest: ModelManifest, X: npt.NDArray[np.float3
     return ScoredBatch(scores=scores, thresholds=thresholds, alert_rows=rows, nearest_prototype=exp.nearest_prototype,
                        prototype_distance=exp.prototype_distance, top_features=exp.top_features,
                        top_contributions=exp.top_contributions,
-                       components={exp.score_name: scores[rows], **exp.components})
+                       components={exp.score_name: scores[rows], **exp.components,
+                                   **({OUT_OF_RANGE: extreme[rows]} if extreme.any() else {})})

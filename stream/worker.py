@@ -234,7 +234,8 @@ class ScoringWorker(ConsumerLoop):
         started = time.monotonic()
         manifest = model.manifest
         decoded = decode_batch([r.value for r in records], manifest.feature_names)
-        scored = score_batch(model.detector, manifest, decoded.X, decoded.kinds, n_top=self.stream.n_top_features)
+        scored = score_batch(model.detector, manifest, decoded.X, decoded.kinds, n_top=self.stream.n_top_features,
+                             out_of_range_spans=self.stream.out_of_range_spans)
         alerts = build_alerts(decoded, scored, model_version=model.version, feature_names=manifest.feature_names)
 
         version_header = ("model_version", model.version.encode())

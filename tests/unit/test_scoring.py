@@ -139,10 +139,10 @@ def test_scored_batch_refuses_per_row_explanation_columns() -> None:
         ScoredBatch(scores=scores, thresholds=thresholds, components={"x": np.zeros(3, np.float32)})
 
 
-def test_nan_score_is_neither_alerted_nor_explained() -> None:
-    """Current policy, documented: NaN > threshold is False, so the row passes silently."""
-    scored = ScoredBatch(scores=np.array([np.nan, 0.9], np.float32), thresholds=np.full(2, 0.5, np.float32))
-    np.testing.assert_array_equal(scored.alert_rows, [1])
+def test_a_non_finite_score_is_an_alert_never_a_silent_miss() -> None:
+    scores = np.array([np.nan, 0.9, 0.1, np.inf, -np.inf], np.float32)
+    scored = ScoredBatch(scores=scores, thresholds=np.full(5, 0.5, np.float32))
+    np.testing.assert_array_equal(scored.alert_rows, [0, 1, 3, 4])
 
 
 # ----------------------------------------------------------------------------- HGAD
@@ -196,3 +196,27 @@ def test_hgad_alerts_with_per_class_thresholds_and_explains_alert_rows_only(hgad
     # explain_rows is asked about zero rows: no forward pass, the columns keep their shapes.
     assert quiet.alert_rows is not None and len(quiet.alert_rows) == 0 and recording.explained_rows == [0]
     assert quiet.components["claimed_vs_best_gap"].shape == (0,)
+
+
+def test_events_far_outside_the_training_range_alert_whatever_the_network_says() -> None:
+    from protoguard.schemas.manifest import ScalerStats
+    from protoguard.stream.scoring import OUT_OF_RANGE, out_of_range
+
+    manifest = ModelManifest(detector="mnp", feature_names=["a", "b"], threshold=0.5,
+                             scaler=ScalerStats(kind="minmax", offset=[0.0, 10.0], scale=[2.0, 1.0]))
+    X = np.array([[1.0, 10.5], [500.0, 10.0], [1.0, -1e30], [1.0, 110.0]], np.float32)
+    beyond = out_of_range(manifest, X, spans=100.0)
+    assert beyond[0] == 0 and beyond[1] > 100 and beyond[2] > 1e28 and beyond[3] == 0  # 99 spans: inside
+    assert not out_of_range(manifest, X, spans=0).any()
+
+    class Calm:  # a network that calls everything normal, as MNP's can on inputs it never saw
+        def score_rows(self, X: np.ndarray, kinds: Any) -> np.ndarray:
+            return np.zeros(len(X), np.float32)
+
+        def explain_rows(self, X: np.ndarray, kinds: Any, n_top: int = 3) -> Any:
+            from protoguard.trainer.detectors.explanation import Explanation
+            return Explanation(score=np.zeros(len(X), np.float32), score_name="network_output")
+
+    scored = score_batch(Calm(), manifest, X, out_of_range_spans=100.0)
+    np.testing.assert_array_equal(scored.alert_rows, [1, 2])
+    assert scored.components[OUT_OF_RANGE].tolist()[0] > 100
