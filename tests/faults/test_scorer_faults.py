@@ -22,10 +22,10 @@ import pytest
 
 from protoguard.deploy.stack import free_port
 from protoguard.schemas.alerts import alert_id
-from protoguard.stream.clients import build_admin, build_producer, build_redis
+from protoguard.stream.clients import build_producer, build_redis
 from protoguard.trainer.detectors.mnp import MNPDetector
 from protoguard.trainer.store import FeatureStore
-from tests.fixtures.pipeline import FEATURES, Pipeline, alerts_of, fit_tiny_model, synthetic_traffic
+from tests.fixtures.pipeline import FEATURES, Pipeline, alerts_of, fit_tiny_model, metric_sum, synthetic_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -47,25 +47,6 @@ def _install(p: Pipeline, seed: int, *, device: str | None = None) -> Served:
     return Served(version, det, float(manifest.threshold))
 
 
-def _committed(p: Pipeline) -> int:
-    admin = build_admin(p.stack.bootstrap_servers)
-    try:
-        offsets = admin.list_group_offsets({p.group: None}).get(p.group, {})
-        return sum(max(0, o.offset) for o in offsets.values())
-    except Exception:  # noqa: BLE001 - no coordinator/commits yet
-        return 0
-    finally:
-        admin.close()
-
-
-def _wait(condition, timeout_s: float, what: str, p: Pipeline) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{p.process_report()}")
-        time.sleep(0.25)
-
-
 def _hang(pid: int, seconds: float) -> None:
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -83,7 +64,7 @@ def check_invariant(p: Pipeline, served: Served, X: np.ndarray, ids: list[str], 
                     *, timeout_s: float = 180) -> dict[str, int]:
     """Events in = scored + dead-lettered; alerts equal offline scoring; repeated alerts share their id."""
     n_in = len(ids) + n_bad
-    _wait(lambda: _committed(p) >= n_in, timeout_s, f"{n_in} messages committed", p)
+    p.wait_until(lambda: p.committed() >= n_in, timeout_s, f"{n_in} messages committed")
     assert scorer.poll() is None, "the scorer exited\n" + p.process_report()
     dead = p.drain(p.dlq, expect_at_least=n_bad, quiet_s=2)
     letters = {orjson.loads(r.value)["dead_letter_id"] for r in dead}
@@ -115,7 +96,8 @@ def test_redis_hung_under_load_scoring_and_alerting_go_on(pipeline: Pipeline, tm
     late = synthetic_traffic(500, seed=23)[0]
     late_ids, _ = pipeline.produce(late, start=20_000)
     store = FeatureStore(build_redis(pipeline.stack.redis_url), prefix=pipeline.prefix, ttl_s=3600)
-    _wait(lambda: len(store.lookup(late_ids, len(FEATURES))) == len(late_ids), 60, "features stored again", pipeline)
+    pipeline.wait_until(lambda: len(store.lookup(late_ids, len(FEATURES))) == len(late_ids), 60,
+                        "features stored again")
 
 
 def test_scorer_started_while_redis_is_down_waits_then_serves(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -127,7 +109,7 @@ def test_scorer_started_while_redis_is_down_waits_then_serves(pipeline: Pipeline
         scorer = _start(pipeline, tmp_path)
         time.sleep(15)
         assert scorer.poll() is None, "the scorer exited while Redis was down\n" + pipeline.process_report()
-        assert _committed(pipeline) == 0  # no model to score with: nothing consumed, nothing committed
+        assert pipeline.committed() == 0  # no model to score with: nothing consumed, nothing committed
     finally:
         os.kill(pipeline.stack.redis_pid, signal.SIGCONT)
     check_invariant(pipeline, served, X, ids, n_bad, scorer)
@@ -181,7 +163,7 @@ def test_values_at_the_edge_of_float32_are_alerted_or_dead_lettered_never_missed
     producer.flush()
     producer.close()
     scorer = _start(pipeline, tmp_path)
-    _wait(lambda: _committed(pipeline) >= len(X), 180, "every edge event committed", pipeline)
+    pipeline.wait_until(lambda: pipeline.committed() >= len(X), 180, "every edge event committed")
     dead = {orjson.loads(base64.b64decode(orjson.loads(r.value)["original_b64"]))["event_id"]: orjson.loads(r.value)
             for r in pipeline.drain(pipeline.dlq, expect_at_least=len(edge_rows[::2]), quiet_s=2)}
     alerted = {a["event_id"] for a in alerts_of(pipeline.drain(pipeline.alerts, quiet_s=2))}
@@ -209,21 +191,14 @@ def test_a_model_the_scorer_cannot_load_keeps_the_old_one_serving(pipeline: Pipe
     weights, manifest, _ = fit_tiny_model(35)
     bad_version = registry.register(weights, manifest)
     registry.client.set(registry._key(f"blob:{bad_version}"), weights[:-10] + b"0123456789")  # noqa: SLF001
-    _wait(lambda: _metric(port, "protoguard_model_info{") > 0 and _served(port) == gpu_made.version, 60,
-          "the GPU-made model served on CPU", pipeline)
+    pipeline.wait_until(lambda: _served(port) == gpu_made.version, 60, "the GPU-made model served on CPU")
     registry.client.set(registry._key("current"), bad_version)  # noqa: SLF001
-    _wait(lambda: _metric(port, "protoguard_model_load_failures_total") >= 1, 60, "the load failure counted", pipeline)
+    pipeline.wait_until(lambda: metric_sum(port, "protoguard_model_load_failures_total") >= 1, 60,
+                        "the load failure counted")
     more, _ = pipeline.produce(X[1500:], start=1500)
-    _wait(lambda: _committed(pipeline) >= len(X), 120, "events after the bad promotion scored", pipeline)
+    pipeline.wait_until(lambda: pipeline.committed() >= len(X), 120, "events after the bad promotion scored")
     assert scorer.poll() is None and _served(port) == gpu_made.version
     del served, ids, more
-
-
-def _metric(port: int, prefix: str) -> float:
-    import urllib.request
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(prefix))
 
 
 def _served(port: int) -> str | None:

@@ -12,34 +12,10 @@ import pytest
 
 from protoguard.deploy.stack import free_port
 from protoguard.stream.clients import build_admin
-from tests.fixtures.pipeline import Pipeline, alerts_of, synthetic_traffic
+from tests.fixtures.pipeline import Pipeline, alerts_of, metric_sum, synthetic_traffic
 from tests.integration.test_scorer import _install_model, _scored_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _metric(port: int, name: str) -> float:
-    """Sum of a metric's samples on a scorer's /metrics (0 when absent)."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
-
-
-def _committed(p: Pipeline) -> int:
-    admin = build_admin(p.stack.bootstrap_servers)
-    try:
-        offsets = admin.list_group_offsets({p.group: None}).get(p.group, {})
-        return sum(max(0, o.offset) for o in offsets.values())
-    finally:
-        admin.close()
-
-
-def _wait(condition, timeout_s: float, what: str, p: Pipeline) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{p.process_report()}")
-        time.sleep(0.25)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -69,9 +45,9 @@ def test_evicted_scorer_rejoins_and_loses_nothing(pipeline: Pipeline, tmp_path: 
     producer.join(timeout=120)
     assert len(ids) == len(X)
 
-    _wait(lambda: _committed(pipeline) >= len(X), 180, "every event committed after the rejoin", pipeline)
+    pipeline.wait_until(lambda: pipeline.committed() >= len(X), 180, "every event committed after the rejoin")
     assert scorer.poll() is None, "the scorer exited instead of rejoining\n" + pipeline.process_report()
-    assert _metric(port, "protoguard_group_rejoins_total") >= 1
+    assert metric_sum(port, "protoguard_group_rejoins_total") >= 1
     assert _scored_ids(pipeline, ids) == set(ids)
     by_event: dict[str, set[str]] = defaultdict(set)
     for a in alerts_of(pipeline.drain(pipeline.alerts)):
@@ -115,9 +91,9 @@ def test_workers_share_the_group_serve_one_metrics_endpoint_and_stop_together(pi
                                          "PROTOGUARD_STREAM__METRICS_HOST": "127.0.0.1"})
     X, _ = synthetic_traffic(8000, seed=16)
     ids, _ = pipeline.produce(X)
-    _wait(lambda: _committed(pipeline) >= len(X), 180, "the two workers to commit every event", pipeline)
-    _wait(lambda: _metric(port, 'protoguard_events_total{outcome="scored"}') >= len(X), 30,
-          "the aggregated metrics to count every event", pipeline)
+    pipeline.wait_until(lambda: pipeline.committed() >= len(X), 180, "the two workers to commit every event")
+    pipeline.wait_until(lambda: metric_sum(port, 'protoguard_events_total{outcome="scored"}') >= len(X), 30,
+                        "the aggregated metrics to count every event")
     ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
     assert ready.status == 200
     assert _scored_ids(pipeline, ids) == set(ids)
