@@ -12,7 +12,9 @@ promises and exits non-zero if one fails:
 
 - every produced event was consumed and committed (committed offsets = events in);
 - the alerts are exactly the offline alerts of the served model on every produced event (no event
-  lost, none alerted twice with different ids: repeated alerts carry the same ``alert_id``);
+  lost, none alerted twice with different ids: repeated alerts carry the same ``alert_id``), except
+  rows scored within 1e-5 of the threshold, which the last float32 bits may put on either side
+  (counted and reported);
 - the scorer process never exited.
 """
 from __future__ import annotations
@@ -159,7 +161,12 @@ def main() -> int:
         weights, manifest = registry.load(version)
         det = load_detector(weights, manifest)
         X_all = np.resize(data.X, (produced, data.X.shape[1]))
-        expected = {alert_id(f"soak-{i}", version) for i in np.flatnonzero(det.score(X_all) > np.float32(manifest.threshold))}
+        offline = det.score(X_all)
+        threshold = np.float32(manifest.threshold)
+        expected = {alert_id(f"soak-{i}", version) for i in np.flatnonzero(offline > threshold)}
+        # Scores of one row can differ in the last float32 bits with the batch it was scored in
+        # (blocked matrix products), so a row within a hair of the threshold may go either way.
+        boundary = {alert_id(f"soak-{i}", version) for i in np.flatnonzero(np.abs(offline - threshold) < 1e-5)}
         reader = build_consumer(info.bootstrap_servers, "soak-read", topics["alerts"])
         by_event: dict[str, set[str]] = defaultdict(set)
         n_alert_records, idle = 0, 0
@@ -178,9 +185,13 @@ def main() -> int:
             "events_in": produced, "committed": n_committed, "scorer_alive_at_end": alive,
             "alerts_expected": len(expected), "alert_records": n_alert_records, "distinct_alerts": len(got),
             "missing_alerts": len(expected - got), "unexpected_alerts": len(got - expected),
+            "events_within_1e-5_of_threshold": len(boundary),
+            "missing_alerts_beyond_threshold_jitter": len(expected - got - boundary),
+            "unexpected_alerts_beyond_threshold_jitter": len(got - expected - boundary),
             "events_with_conflicting_alert_ids": sum(len(v) > 1 for v in by_event.values()),
         }
-        ok = (n_committed >= produced and alive and not summary["missing_alerts"] and not summary["unexpected_alerts"]
+        ok = (n_committed >= produced and alive and not summary["missing_alerts_beyond_threshold_jitter"]
+              and not summary["unexpected_alerts_beyond_threshold_jitter"]
               and not summary["events_with_conflicting_alert_ids"])
         summary["ok"] = ok
         args.out.parent.mkdir(parents=True, exist_ok=True)
