@@ -126,8 +126,14 @@ class ScoringWorker(ConsumerLoop):
         try:
             while not self._stopping and not (until is not None and until()):
                 try:
-                    if self.step() is None:
+                    started = time.monotonic()
+                    outcome = self.step()
+                    if outcome is None:
                         time.sleep(0.2)  # nothing to serve yet: do not consume (offsets stay where they are)
+                    elif not outcome.n_records and time.monotonic() - started < self.policy.idle_poll_ms / 2000:
+                        # kafka-python's poll can return at once with nothing (e.g. while this member
+                        # holds no fetchable partition); polling again at once would spin a core.
+                        self._sleep(0.05)
                 except _TRANSIENT as exc:
                     self.metrics.loop_errors.labels(kind=type(exc).__name__).inc()
                     delay = self._loop_backoff.failed()
