@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from kafka import KafkaConsumer
 
 from ..schemas.settings import Settings
 from ..stream.clients import build_consumer, build_producer, build_redis
@@ -25,8 +26,11 @@ def label_worker_from_settings(settings: Settings, client: redis.Redis | None = 
     """The labels-topic consumer with its own group (labels are not partitioned like events)."""
     k = settings.kafka
     client = client or build_redis(settings.redis)
-    consumer = build_consumer(k, k.labels_group, k.labels_topic, auto_offset_reset="earliest")
-    return LabelWorker(consumer, build_producer(k),
+    def new_consumer() -> KafkaConsumer:
+        return build_consumer(k, k.labels_group, k.labels_topic, auto_offset_reset="earliest")
+
+    return LabelWorker(new_consumer(), build_producer(k), consumer_factory=new_consumer,
+                       join_stall_s=settings.stream.join_stall_s,
                        features=FeatureStore(client, prefix=settings.redis.prefix, ttl_s=settings.stream.features_ttl_s),
                        labels=LabelStore(client, prefix=settings.redis.prefix),
                        registry=registry_from_settings(settings, client), kafka=k)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from kafka import KafkaConsumer
 
 from ..schemas.errors import ConfigError
 from ..schemas.settings import Settings
@@ -58,12 +59,15 @@ def run_score(args: argparse.Namespace, settings: Settings) -> int:
     ensure_topics(k, topic_partitions(settings))
     client = build_redis(settings.redis)
     registry = registry_from_settings(settings, client)
-    consumer = build_consumer(k, k.consumer_group, k.events_topic, max_poll_records=s.max_batch)
+    def new_consumer() -> KafkaConsumer:
+        return build_consumer(k, k.consumer_group, k.events_topic, max_poll_records=s.max_batch)
+
+    consumer = new_consumer()
     producer = build_producer(k)
     stores = WorkerStores(client=client, features=FeatureStore(client, prefix=settings.redis.prefix, ttl_s=s.features_ttl_s),
                           reservoir=TrafficReservoir(client, prefix=settings.redis.prefix, capacity=s.reservoir_size))
     worker = ScoringWorker(consumer, producer, watcher=ModelWatcher(registry, poll_s=s.model_poll_s, device=s.device),
-                           stores=stores, kafka=k, stream=s)
+                           stores=stores, kafka=k, stream=s, consumer_factory=new_consumer)
     worker.install_signal_handlers()
     if args.status_file is not None:  # a child of --workers: the parent serves HTTP for all children
         worker.health = StatusFile(args.status_file, worker.readiness)

@@ -102,6 +102,10 @@ class StreamSettings(_Section):
     #: 127.0.0.1 to keep it local to the machine
     metrics_host: str = "0.0.0.0"
     model_poll_s: float = Field(default=2.0, gt=0)
+    #: a member whose group join has not completed for this long is replaced by a fresh consumer
+    #: (kafka-python can leave a member refused mid-rebalance out of the group for good); well above
+    #: a healthy rebalance, which waits at most for the slowest member's batch
+    join_stall_s: float = Field(default=60.0, ge=5)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     n_top_features: int = Field(default=3, ge=0)
     #: a dead letter keeps at most this many bytes of the original message (with its full size and

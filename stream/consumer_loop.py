@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -39,12 +40,29 @@ class GroupMembership(ConsumerRebalanceListener):
         self.n_assignments = 0
         self.n_lost = 0
         self.last_change = time.monotonic()
+        #: since when this member has been between groups: subscribed (or revoked, or lost) and not
+        #: yet handed an assignment (the eager protocol calls ``on_partitions_assigned`` after every
+        #: completed join, with an empty set too); None while it is a settled member
+        self.waiting_since: float | None = time.monotonic()
+
+    def waiting_s(self, now: float | None = None) -> float:
+        """Seconds this member has been waiting for a join to complete (0 while settled)."""
+        with self._lock:
+            since = self.waiting_since
+        return 0.0 if since is None else (time.monotonic() if now is None else now) - since
+
+    def restart_wait(self) -> None:
+        with self._lock:
+            self.waiting_since = time.monotonic()
 
     @property
     def n_rejoins(self) -> int:
         return max(0, self.n_assignments - 1)
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        with self._lock:  # a (re)join has begun: called before every join, with an empty set too
+            if self.waiting_since is None:
+                self.waiting_since = time.monotonic()
         if revoked:
             log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
@@ -52,6 +70,8 @@ class GroupMembership(ConsumerRebalanceListener):
         with self._lock:
             self.n_lost += 1
             self.last_change = time.monotonic()
+            if self.waiting_since is None:
+                self.waiting_since = self.last_change
         log.warning("partitions lost (this member was removed from the group): %s",
                     sorted((tp.topic, tp.partition) for tp in lost))
 
@@ -59,6 +79,7 @@ class GroupMembership(ConsumerRebalanceListener):
         with self._lock:
             self.n_assignments += 1
             self.last_change = time.monotonic()
+            self.waiting_since = None
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
@@ -69,14 +90,45 @@ class ConsumerLoop:
     consumer: KafkaConsumer
     producer: KafkaProducer
 
-    def __init__(self) -> None:
+    def __init__(self, *, consumer_factory: Callable[[], KafkaConsumer] | None = None,
+                 join_stall_s: float = 60.0) -> None:
         self._stopping = False
         self._last_records_at = time.monotonic()
         self.membership = GroupMembership()
+        self.consumer_factory = consumer_factory
+        self.join_stall_s = join_stall_s
+        self.n_consumer_restarts = 0
+        self._listen_to_membership()
+
+    def _listen_to_membership(self) -> None:
         topics = sorted(self.consumer.subscription() or ())
         if topics:  # subscribe again with the counting listener (same topics; before the first poll)
             self.consumer.unsubscribe()
             self.consumer.subscribe(topics, listener=self.membership)
+
+    def restart_consumer_if_stalled(self) -> bool:
+        """Replace a consumer whose group join has not completed for ``join_stall_s``.
+
+        Why: kafka-python 3.0 can leave a member that was refused a commit mid-rebalance
+        (``RebalanceInProgressError``, then ``UnknownMemberIdError`` on leave) without an assignment
+        for good, its ``poll`` returning at once with nothing: seen in CI, and the lag then grows
+        silently while the process looks alive. A fresh consumer joins as a new member. A member
+        that is merely idle, or settled with no partition (more members than partitions), has
+        completed its join and is never restarted. Returns True when the consumer was replaced.
+        """
+        if self.consumer_factory is None or self.membership.waiting_s() < self.join_stall_s:
+            return False
+        log.warning("no completed group join for %.0f s (assignment %s): replacing the consumer",
+                    self.membership.waiting_s(), sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment()))
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001 - a half-broken consumer must not block its replacement
+            log.warning("stalled consumer did not close cleanly: %r", exc)
+        self.consumer = self.consumer_factory()
+        self.membership.restart_wait()
+        self._listen_to_membership()
+        self.n_consumer_restarts += 1
+        return True
 
     def request_stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: finish the in-flight batch, flush, commit, leave the group."""

@@ -74,7 +74,8 @@ class LabelWorker(ConsumerLoop):
     """The one consumer of the labels topic (its own group); clients are passed in."""
 
     def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer, *, features: FeatureStore,
-                 labels: LabelStore, registry: ModelRegistry, kafka: KafkaSettings, poll_ms: int = 500) -> None:
+                 labels: LabelStore, registry: ModelRegistry, kafka: KafkaSettings, poll_ms: int = 500,
+                 consumer_factory: Callable[[], KafkaConsumer] | None = None, join_stall_s: float = 60.0) -> None:
         self.consumer = consumer
         self.producer = producer
         self.features = features
@@ -82,12 +83,13 @@ class LabelWorker(ConsumerLoop):
         self.registry = registry
         self.kafka = kafka
         self.poll_ms = poll_ms
-        super().__init__()
+        super().__init__(consumer_factory=consumer_factory, join_stall_s=join_stall_s)
 
     def run(self, *, until: Callable[[], bool] | None = None) -> None:
         try:
             while not self._stopping and not (until is not None and until()):
                 self.process_one_batch()
+                self.restart_consumer_if_stalled()
         finally:
             self.close()
 

@@ -43,6 +43,9 @@ class ScorerMetrics:
         self.rejoins = Counter("protoguard_group_rejoins_total",
                                "Assignments after the first one (rebalances, or coming back after an eviction)",
                                registry=r)
+        self.consumer_restarts = Counter("protoguard_consumer_restarts_total",
+                                         "Consumers replaced after a group join stalled past stream.join_stall_s",
+                                         registry=r)
         self.redis_skipped = Counter("protoguard_redis_skipped_rows_total",
                                      "Scored rows whose features and reservoir offer were not stored (Redis away)",
                                      registry=r)

@@ -77,7 +77,8 @@ class ScoringWorker(ConsumerLoop):
 
     def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer, *, watcher: ModelWatcher,
                  stores: WorkerStores, kafka: KafkaSettings, stream: StreamSettings,
-                 metrics: ScorerMetrics | None = None, random_state: int | None = None) -> None:
+                 metrics: ScorerMetrics | None = None, random_state: int | None = None,
+                 consumer_factory: Callable[[], KafkaConsumer] | None = None) -> None:
         self.consumer = consumer
         self.producer = producer
         self.watcher = watcher
@@ -94,7 +95,7 @@ class ScoringWorker(ConsumerLoop):
         self._rejoins_seen = 0
         self._load_failures_seen = 0
         self._next_lag_sample = 0.0
-        super().__init__()
+        super().__init__(consumer_factory=consumer_factory, join_stall_s=stream.join_stall_s)
 
     # ---------------------------------------------------------------- lifecycle
     def readiness(self) -> tuple[bool, dict[str, bool]]:
@@ -168,6 +169,8 @@ class ScoringWorker(ConsumerLoop):
             return None
         outcome = self.process_one_batch()
         self._count_rejoins()
+        if self.restart_consumer_if_stalled():
+            self.metrics.consumer_restarts.inc()
         return outcome
 
     def _refresh_model(self) -> None:
@@ -230,6 +233,11 @@ class ScoringWorker(ConsumerLoop):
     def process_one_batch(self) -> BatchOutcome:
         checkpoint = self.new_checkpoint()
         records = self._poll_batch(checkpoint)
+        if records:
+            # A promotion announced while we waited in poll is picked up before these records are
+            # scored: events produced after a promotion was published are scored by the new model.
+            # Without a notification this costs one non-blocking socket check.
+            self._refresh_model()
         model = self.watcher.model
         outcome = BatchOutcome(n_records=len(records), model_version=model.version if model else None)
         if not records or model is None:

@@ -124,6 +124,11 @@ def test_labels_trigger_a_retrain_whose_promotion_the_scorer_serves(pipeline: Pi
         + manifest.training_summary["n_held_back"] == len(chosen)
     assert store.n_new() == 0
 
+    # Promotion is published after the pointer flips; wait until the scorer says it serves v2, so
+    # every event produced from here on must carry v2.
+    scorer_log = tmp_path / "scorer.log"
+    pipeline.wait_until(lambda: f"serving model version {v2} " in scorer_log.read_text(errors="replace"), 60,
+                        f"the scorer to serve model {v2}")
     later, _ = pipeline.produce(X[4000:], start=4000)
     pipeline.wait_scored(6000)
     alerts = [a for a in alerts_of(pipeline.drain(pipeline.alerts)) if int(a["event_id"].rsplit("-", 1)[1]) >= 4000]
