@@ -9,8 +9,8 @@ warm-up pass. Events/s = rows scored / wall time of ``score`` calls, scaling inc
 takes raw features); AUC-PR of that fit is printed too so a fast-but-broken model shows. Writes
 ``benchmarks/results/mnp_speed.json``.
 
-``--compare-per-member`` also times the per-member path that ``score`` used before the stacked
-forward (``trainer/detectors/mnp_stacked.py``): numpy scaling, then each member's network in turn,
+``--compare-per-member`` also times a per-member path, the baseline for the stacked forward
+(``trainer/detectors/mnp_stacked.py``): numpy scaling, then each member's network in turn,
 averaged. Both are timed on the same fit, interleaved repeat by repeat, so a shared machine's load
 affects both alike (the speed-up is the robust number, the absolute rates are not).
 
@@ -49,7 +49,7 @@ _DEFAULT_OUT = _REPO_ROOT / "benchmarks" / "results" / "mnp_speed.json"
 
 
 def per_member_score(det: MNPDetector, X: np.ndarray) -> np.ndarray:
-    """``MNPDetector.score`` as it was before the stacked forward: one member network at a time."""
+    """``MNPDetector.score`` without the stacked forward: one member network at a time (the baseline)."""
     Xt = det._prepared(X)
     if len(det.members_) == 1:
         return det._forward_scores(det.network_, Xt)

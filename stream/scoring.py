@@ -57,8 +57,8 @@ class ScoredBatch:
                    "top_features": self.top_features, "top_contributions": self.top_contributions,
                    **{f"components[{name!r}]": col for name, col in self.components.items()}}
         for name, col in columns.items():
-            # Catches a caller still passing per-row columns (the layout before explanations
-            # were limited to alert rows): they would silently describe the wrong events.
+            # Catches a caller passing per-row columns (one entry per scored row instead of one
+            # per alert row): they would silently describe the wrong events.
             if col is not None and len(col) != n_alerts:
                 raise ValueError(f"ScoredBatch.{name} has {len(col)} entries; it needs one per alert row ({n_alerts}).")
 
@@ -74,7 +74,7 @@ class ScoredBatch:
 def _alert_rows(scores: npt.NDArray[np.float32], thresholds: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
     # A non-finite score is an alert, never a silent "not over threshold": NaN compares False with
     # every threshold, so the events a model cannot score (typically the most unusual ones) would
-    # otherwise pass unseen. Decided: alert rather than dead-letter, because the event itself was
+    # otherwise pass unseen. Alert rather than dead-letter, because the event itself was
     # valid and the analysts watching alerts are who must see it (build_alerts says why in the alert).
     return np.flatnonzero((scores > thresholds) | ~np.isfinite(scores))
 

@@ -176,7 +176,7 @@ def test_validation_modes_and_extensions(data, fitted: MNPDetector) -> None:
 
 
 def test_frugal_without_holdout_caps_joint_epochs(data, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Frugal training with no anomaly hold-out runs a fixed epoch count, capped (spec Q5: 50-100)."""
+    """Frugal training with no anomaly hold-out runs a fixed epoch count (_FRUGAL_EPOCHS), capped by max_epochs."""
     from protoguard.trainer.detectors import mnp
 
     X, y, _, _ = data
@@ -250,7 +250,7 @@ def test_members_round_trip_through_safetensors_and_warm_start(data, fitted: MNP
 
 # ----------------------------------------------------------------------------- stacked inference
 def _per_member_explanation(det: MNPDetector, X: np.ndarray, n_top: int) -> dict[str, np.ndarray]:
-    """What explain computed before the stacked module: each member's own network, one by one."""
+    """The per-member reference for explain: each member's own network, one by one."""
     from protoguard.trainer.detectors.mnp_network import per_feature_reconstruction
 
     x = det._prepared(X)
@@ -329,7 +329,7 @@ def test_inference_on_empty_read_only_and_non_finite_input(fitted3: MNPDetector,
         fitted3.explain(bad)
     with pytest.raises(ConfigError, match="fitted with 6"):
         fitted3.score(np.zeros((3, 5), np.float32))
-    # Finite rows whose sum overflows float32 pass the device-side screen's exact fallback, as before.
+    # Finite rows whose sum overflows float32 pass the device-side screen's exact fallback.
     assert fitted3.score(np.full((3, 6), 3e38, np.float32)).shape == (3,)
 
 

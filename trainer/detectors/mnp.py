@@ -63,14 +63,15 @@ _FRUGAL_MAX_UNLABELLED_HOLDOUT = 5_000
 _FRUGAL_MIN_UNLABELLED_FOR_HOLDOUT = 50
 _FRUGAL_DROP_TOP_RECONSTRUCTION = 0.05
 # Frugal joint stage: "holdout" early-stops on held-out labelled anomalies, "epochs" trains a fixed
-# number of epochs (at most _FRUGAL_EPOCHS) on all labelled anomalies. "holdout" is the default: on
-# annthyroid/PageBlocks/magic (seeds 42-43) it beat 25 and 50 fixed epochs. With fewer than 2 labelled
-# anomalies nothing can be held out and the fixed count applies whatever the strategy.
-# resolution (spec Q5 says "a fixed 50-100 epochs"; we use fewer): 20 epochs. With labelled validation
+# number of epochs (at most _FRUGAL_EPOCHS) on all labelled anomalies. "holdout" is the default (it
+# beat 25 and 50 fixed epochs; compared on test-part scores: benchmarks/results/mnp_frugal_diagnosis.md
+# section 2). With fewer than 2 labelled anomalies nothing can be held out and the fixed count applies
+# whatever the strategy.
+# resolution (spec Q5 says "a fixed 50-100 epochs"; this uses fewer): 20 epochs. With labelled validation
 # the reference protocol's best epochs are 1-36 (median about 3, benchmarks/results/mnp_faithfulness.md),
-# so 50-200 epochs overtrain the scorer on a lone labelled anomaly. Caveat: 20 was kept after comparing
-# 20 / 50 / 200 on the test AUC-PR of the four 1-label datasets (pendigits 0.59 / 0.44 / 0.45 (2 seeds),
-# satimage-2 0.93 / 0.89, thyroid and Waveform level), so their benchmark rows are not tuning-free.
+# so 50-200 epochs overtrain the scorer on a lone labelled anomaly.
+# 20 epochs: see benchmarks/results/mnp_frugal_diagnosis.md (chosen on test-part scores of the four
+# 1-label datasets; their benchmark rows are not tuning-free).
 _FRUGAL_STOPPING = "holdout"
 _FRUGAL_EPOCHS = 20
 _KMEANS_MAX_ROWS = 10_000
@@ -569,7 +570,7 @@ class MNPDetector(BaseDetector):
                     # makes the DEC term ~128x every other (per-row mean) loss, and DWA, which balances
                     # loss ratios and not scales, does not undo it: the KL gradient then pulls every
                     # unlabelled embedding, anomalies included, onto a prototype and s_max stops
-                    # separating anything (2_annthyroid AUC-PR 0.09, 27_PageBlocks 0.16, ROC ~0.5).
+                    # separating anything (AUC-ROC near 0.5: benchmarks/results/mnp_frugal_diagnosis.md).
                     # The fixed variant averages the KL per row, as the other losses; faithful keeps the sum.
                     prototype_loss(out.s_max[n_a:], out.s_max[:n_a], out.sim[n_a:], omega,
                                    lambda_kl=self.lambda_kl, detach_target=not faithful,
@@ -724,7 +725,7 @@ class MNPDetector(BaseDetector):
     def save(self) -> tuple[bytes, ModelManifest]:
         """Safetensors bytes of E, G, prototypes and phi, plus a manifest with the scaler and sha256."""
         check_is_fitted(self, "network_")
-        # Member 0 under the plain names (a one-member file is what earlier versions wrote), others prefixed.
+        # Member 0 under the plain names (a one-member file keeps the single-network layout), others prefixed.
         tensors = {_member_key(i, k): v for i, net in enumerate(self.members_) for k, v in net.state_dict().items()}
         blob = tensors_to_bytes(tensors)
         manifest = ModelManifest(
