@@ -44,7 +44,6 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +54,11 @@ import pydantic
 from rich.console import Console
 from rich.table import Table
 
+from ..data import bundled_sample
 from ..stream.decode import decode_batch
 from ..stream.replay import encode_events, load_dataset
 
-_UNSW_SAMPLE = Path(str(resources.files("protoguard") / "data" / "unsw_nb15_sample.npz"))
+_UNSW_SAMPLE = bundled_sample()
 #: Issue 11: the decoder must not be what holds the scorer under the Kafka client's ceiling.
 _TARGET_EVENTS_PER_S = {"unsw": 50_000, "synthetic": 150_000}
 #: A fixed event time: the payload (and so the bytes parsed) is identical from run to run.

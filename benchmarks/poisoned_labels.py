@@ -38,18 +38,19 @@ import orjson
 import redis
 import torch
 
-from ..cli.demo_cmd import bundled_sample
-from ..cli.demo_rounds import SimulatedAnalyst
+from ..data import bundled_sample
+from ..demo.rounds import SimulatedAnalyst
 from ..deploy.stack import free_port
 from ..schemas.events import Label
 from ..schemas.settings import TrainerSettings
 from ..stream.replay import load_dataset
+from ..trainer.bootstrap import bootstrap_model
 from ..trainer.detectors.loading import load_detector
 from ..trainer.evaluation import ModelEvidence, detection_metrics, promotion_gate
 from ..trainer.registry import ModelRegistry
 from ..trainer.retraining import Retrainer, RetrainStores
 from ..trainer.store import LabelStore, TrafficReservoir
-from ..trainer.training import TrainingData, calibrate, finalize_manifest, fit_mnp
+from ..trainer.training import TrainingData, fit_mnp
 
 __all__ = ["Scenario", "main", "run_world"]
 
@@ -98,9 +99,8 @@ def _first_model(s: Scenario, rows: npt.NDArray[np.int64]) -> tuple[bytes, Any]:
     data = TrainingData(X_unlabelled=X[rest], X_anomalies=X[labelled], X_normals=X[:0], feature_names=s.feature_names)
     params = {**_MNP_PARAMS, "max_epochs": s.n_epochs, **dict(s.mnp_overrides)}
     det = fit_mnp(data, params=params, random_state=s.seed)
-    threshold, calibration = calibrate(det.score(X[rest]), alert_budget=s.alert_budget)
-    weights, manifest = det.save()
-    return weights, finalize_manifest(manifest, threshold=threshold, calibration=calibration, summary=data.summary())
+    model = bootstrap_model(det, X[rest], alert_budget=s.alert_budget, summary=data.summary())
+    return model.weights, model.manifest
 
 
 def _poison(chosen: list[tuple[str, str]], truth: dict[str, int], rows_of: dict[str, int], s: Scenario,

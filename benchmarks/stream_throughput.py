@@ -42,13 +42,14 @@ import numpy as np
 import orjson
 from kafka.errors import KafkaError
 
+from ..data import bundled_sample
 from ..deploy.stack import LocalStack, StackInfo, free_port
 from ..schemas.settings import StackSettings
 from ..stream.clients import build_admin, build_consumer, build_producer, build_redis, ensure_topics
 from ..stream.replay import encode_events, load_dataset
 from ..trainer.registry import ModelRegistry
 
-_SAMPLE = Path(__file__).resolve().parents[1] / "protoguard" / "data" / "unsw_nb15_sample.npz"
+_SAMPLE = bundled_sample()
 
 
 class Stalled(RuntimeError):

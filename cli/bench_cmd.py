@@ -12,29 +12,30 @@ fit a 2-core budget; ``--max-rows-for`` applies it to named datasets only.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from ..benchmarks.harness import METHOD_NAMES, run_benchmark
 from ..schemas.errors import ConfigError
 from ..schemas.settings import Settings
 
 __all__ = ["register"]
 
-#: The repo root (cli/ sits in it); the datasets live beside the checkout, in ../shared.
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-_DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "datasets" / "tabular"
+#: Where the datasets are when no --data-dir is given: $PROTOGUARD_DATASETS, else the shared folder
+#: beside a checkout, relative to the working directory (so an installed package finds them when
+#: run from the repository root, and says --data-dir when it does not).
+_DEFAULT_DATA_DIR = Path(os.environ.get("PROTOGUARD_DATASETS", "../shared/datasets/tabular"))
 _PEER_METHODS = "devnet,deepsad,prenet,feawad,rosas,iforest,hgb"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("bench", help="benchmark MNP and its peers on the tabular datasets (resumable)")
     parser.add_argument("--datasets", default="all", help="comma-separated file stems under --data-dir, or 'all'")
-    parser.add_argument("--methods", default=f"mnp,{_PEER_METHODS}", help=f"comma-separated; any of {','.join(METHOD_NAMES)}")
+    parser.add_argument("--methods", default=f"mnp,{_PEER_METHODS}", help="comma-separated: mnp (and its variants), devnet, deepsad, prenet, feawad, rosas, iforest, hgb")
     parser.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated ints (default 42..46)")
     parser.add_argument("--contamination", default="natural",
                         help="comma-separated unlabelled anomaly shares, e.g. 0,0.02,0.05,0.10; 'natural' keeps the split's")
     parser.add_argument("--out", type=Path, default=Path("bench-out/tabular"), help="output directory (default bench-out/tabular)")
-    parser.add_argument("--data-dir", type=Path, default=_DEFAULT_DATA_DIR, help=f"folder of .npz files (default {_DEFAULT_DATA_DIR})")
+    parser.add_argument("--data-dir", type=Path, default=_DEFAULT_DATA_DIR, help=f"folder of .npz files (default $PROTOGUARD_DATASETS or {_DEFAULT_DATA_DIR})")
     parser.add_argument("--max-rows", type=int, default=None, help="cap training rows per dataset (subsampled; see module doc)")
     parser.add_argument("--max-rows-for", default=None,
                         help="comma-separated stems that --max-rows applies to (default: every dataset)")
@@ -65,6 +66,8 @@ def _resolve_datasets(spec: str, data_dir: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..benchmarks.harness import METHOD_NAMES, run_benchmark  # torch and the peers: only when run
+
     datasets = _resolve_datasets(args.datasets, args.data_dir)
     methods = _parse_list(args.methods, "methods")
     unknown = [m for m in methods if m not in METHOD_NAMES]

@@ -27,13 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.{name}":
-                continue
-            raise
-        module.register(sub)
+        # A command module that does not import is a broken install, never a command to hide. The
+        # modules import only argparse and settings; what a command runs is imported when it runs,
+        # so `protoguard --help` does not load torch, scikit-learn or matplotlib.
+        importlib.import_module(f"{__package__}.{name}").register(sub)
     return parser
 
 

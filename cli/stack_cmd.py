@@ -11,8 +11,6 @@ import json
 import time
 from dataclasses import asdict
 
-from ..deploy.secure_stack import SecureLocalStack
-from ..deploy.stack import LocalStack
 from ..schemas.settings import Settings
 
 __all__ = ["register"]
@@ -30,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..deploy.secure_stack import SecureLocalStack
+    from ..deploy.stack import LocalStack
+
     stack = (SecureLocalStack if args.secure else LocalStack)(settings.stack)
     if args.action == "up":
         started = time.monotonic()

@@ -13,7 +13,7 @@ import pytest
 from protoguard.deploy.stack import free_port
 from protoguard.stream.clients import build_admin
 from tests.fixtures.pipeline import Pipeline, alerts_of, metric_sum, synthetic_traffic
-from tests.integration.test_scorer import _install_model, _partitions, _scored_ids
+from tests.integration.test_scorer import _partitions, _scored_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ def _cpu_seconds(pid: int) -> float:
 def test_evicted_scorer_rejoins_and_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
     """SIGSTOP under load past the session timeout (6 s here): the broker evicts the member; after
     SIGCONT it notices, rejoins by itself, resumes from the committed offsets and counts the rejoin."""
-    _install_model(pipeline, seed=11)
+    pipeline.install_model(seed=11)
     port = free_port()
     scorer = pipeline.start_process(["score"], log=tmp_path / "scorer.log",
                                     env={"PROTOGUARD_STREAM__METRICS_PORT": str(port),
@@ -65,7 +65,7 @@ def test_a_member_whose_join_stalls_replaces_its_consumer_and_a_settled_one_neve
 
     B's limit must exceed A's heartbeat interval (a third of its session): a healthy rebalance waits
     that long for A to hear of it, and a shorter limit would replace B in the middle of every one."""
-    _install_model(pipeline, seed=17)
+    pipeline.install_model(seed=17)
     port_a, port_b = free_port(), free_port()
     a = pipeline.start_process(["score"], log=tmp_path / "a.log",
                                env={"PROTOGUARD_STREAM__METRICS_PORT": str(port_a),
@@ -119,7 +119,7 @@ def _produce_slowly(p: Pipeline, X, chunks: int = 24, pause_s: float = 1.0) -> l
 
 
 def test_idle_scorer_uses_under_three_percent_of_a_core(pipeline: Pipeline, tmp_path: Path) -> None:
-    _install_model(pipeline, seed=13)
+    pipeline.install_model(seed=13)
     scorer = pipeline.start_scorer(idle_exit_s=None, log=tmp_path / "scorer.log")
     X, _ = synthetic_traffic(500, seed=14)
     pipeline.produce(X)
@@ -135,7 +135,7 @@ def test_idle_scorer_uses_under_three_percent_of_a_core(pipeline: Pipeline, tmp_
 
 
 def test_workers_share_the_group_serve_one_metrics_endpoint_and_stop_together(pipeline: Pipeline, tmp_path: Path) -> None:
-    _install_model(pipeline, seed=15)
+    pipeline.install_model(seed=15)
     port = free_port()
     parent = pipeline.start_process(["score", "--workers", "2"], log=tmp_path / "workers.log",
                                     env={"PROTOGUARD_STREAM__METRICS_PORT": str(port),

@@ -13,7 +13,7 @@ from kafka.errors import KafkaError
 from protoguard.schemas.alerts import alert_id
 from protoguard.stream.clients import build_admin, build_redis
 from protoguard.trainer.store import FeatureStore
-from tests.fixtures.pipeline import N_FEATURES, Pipeline, alerts_of, fit_tiny_model, synthetic_traffic
+from tests.fixtures.pipeline import N_FEATURES, Pipeline, alerts_of, synthetic_traffic
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +33,8 @@ def _partitions(member: dict) -> list[int]:
     return [p for t in assignment.get("assigned_partitions", []) for p in t["partitions"]]
 
 
-def _install_model(p: Pipeline, seed: int, **kwargs: object) -> tuple[str, object]:
-    weights, manifest, det = fit_tiny_model(seed, **kwargs)
-    registry = p.registry()
-    version = registry.register(weights, manifest)
-    registry.promote(version)
-    return version, det
-
-
 def test_50k_events_all_scored_or_dead_lettered_and_alerts_match_offline(pipeline: Pipeline, tmp_path) -> None:
-    version, det = _install_model(pipeline, seed=1)
+    version, det = pipeline.install_model(seed=1)
     X, _ = synthetic_traffic(50_000, seed=7)
     ids, n_bad = pipeline.produce(X, n_bad=300)
     scorer = pipeline.start_scorer(log=tmp_path / "scorer.log")
@@ -64,7 +56,7 @@ def test_50k_events_all_scored_or_dead_lettered_and_alerts_match_offline(pipelin
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(pipeline: Pipeline, tmp_path) -> None:
-    _install_model(pipeline, seed=2)
+    pipeline.install_model(seed=2)
     X, _ = synthetic_traffic(20_000, seed=8)
     ids, n_bad = pipeline.produce(X, n_bad=50)
     scorer = pipeline.start_scorer(idle_exit_s=None, log=tmp_path / "scorer.log")
@@ -84,12 +76,12 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(pipeline: Pipeline, tmp_p
 
 
 def test_model_promoted_mid_stream_switches_alerts_without_losses(pipeline: Pipeline, tmp_path) -> None:
-    v1, _ = _install_model(pipeline, seed=3)
+    v1, _ = pipeline.install_model(seed=3)
     scorer = pipeline.start_scorer(log=tmp_path / "scorer.log")
     X, _ = synthetic_traffic(30_000, seed=9)
     first, _ = pipeline.produce(X[:15_000])
     pipeline.wait_scored(15_000)
-    v2, _ = _install_model(pipeline, seed=4, alert_budget=0.05)
+    v2, _ = pipeline.install_model(seed=4, alert_budget=0.05)
     second, _ = pipeline.produce(X[15_000:], start=15_000)
     assert scorer.wait(timeout=300) == 0, (tmp_path / "scorer.log").read_text()[-3000:]
 
@@ -105,7 +97,7 @@ def test_model_promoted_mid_stream_switches_alerts_without_losses(pipeline: Pipe
 
 
 def test_two_scorers_share_the_partitions(pipeline: Pipeline, tmp_path) -> None:
-    _install_model(pipeline, seed=5)
+    pipeline.install_model(seed=5)
     a = pipeline.start_scorer(idle_exit_s=None, log=tmp_path / "a.log")
     b = pipeline.start_scorer(idle_exit_s=None, log=tmp_path / "b.log")
     X, _ = synthetic_traffic(10_000, seed=10)

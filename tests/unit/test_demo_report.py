@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protoguard.cli.demo_report import DemoReport, RoundRecord, VersionQuality, write_report
+from protoguard.demo.report import DemoReport, RoundRecord, VersionQuality, write_report
 
 PNGS = ["quality.png", "alerts.png", "weights.png", "map.png"]
 

@@ -1,6 +1,6 @@
 """The demo's report: what the label loop achieved, as an HTML page with PNG plots.
 
-The demo (``cli/demo_cmd.py``) fills a :class:`DemoReport`; :func:`write_report` renders it.
+The demo (``label_loop_demo.py``) fills a :class:`DemoReport`; :func:`write_report` renders it.
 Rendering is kept apart from the demo so it can be tested without the stack.
 """
 from __future__ import annotations

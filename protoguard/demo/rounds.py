@@ -28,7 +28,7 @@ from ..stream.replay import encode_events, malformed_messages
 from ..stream.worker import ScoringWorker
 from ..trainer.retraining import RetrainOutcome
 from ..trainer.scheduler import TrainerService
-from .demo_report import RoundRecord
+from .report import RoundRecord
 
 __all__ = ["DemoRounds", "RoundInput", "SimulatedAnalyst"]
 
