@@ -15,6 +15,7 @@ __all__ = [
     "DeadLetter",
     "Event",
     "FeatureValue",
+    "Identifier",
     "Label",
     "LabelSource",
     "LabelValue",

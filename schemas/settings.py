@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .security import KafkaSecurity, RedisSecurity
 
 __all__ = [
+    "ENV_PREFIX",
     "KafkaSettings",
     "RedisSettings",
     "Settings",

@@ -26,8 +26,8 @@ from kafka.structs import OffsetAndMetadata
 
 from ..schemas.errors import ProtoguardError
 
-__all__ = ["ACK_TIMEOUT_S", "Checkpoint", "CommitResult", "DeliveryError", "REBALANCE_ERRORS", "batch_records",
-           "poll_offsets"]
+__all__ = ["ACK_TIMEOUT_S", "Checkpoint", "CommitResult", "DeliveryError", "Polled", "REBALANCE_ERRORS",
+           "batch_records", "poll_offsets"]
 
 #: How long a batch (and a shutdown) waits for the broker to acknowledge its sends; well under
 #: ``max_poll_interval_ms``, so a slow broker cannot push the member out of its group.

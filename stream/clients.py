@@ -18,8 +18,8 @@ from kafka.errors import TopicAlreadyExistsError
 from ..schemas.errors import ConfigError
 from ..schemas.settings import KafkaSettings, RedisSettings
 
-__all__ = ["build_admin", "build_consumer", "build_producer", "build_redis", "consumer_config", "ensure_topics",
-           "kafka_common_config", "producer_config"]
+__all__ = ["KafkaTarget", "build_admin", "build_consumer", "build_producer", "build_redis", "consumer_config",
+           "ensure_topics", "kafka_common_config", "producer_config"]
 
 KafkaTarget = KafkaSettings | str
 

@@ -92,7 +92,7 @@ _MIN_CHUNK, _MAX_CHUNK = 16, 256
 #: Messages per piece when a chunk is retried after the fast path refused it (see _decode_span).
 _RETRY_CHUNK = 4
 
-RowGetter = Callable[[dict[str, Any]], tuple[Any, ...]]
+_RowGetter = Callable[[dict[str, Any]], tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _decode(values: Sequence[bytes | None], feature_names: Sequence[str], *, chu
 
 
 def _decode_span(values: Sequence[bytes | None], start: int, stop: int, sizes: tuple[int, ...], names: list[str],
-                 getter: RowGetter | None, out: _Collector) -> None:
+                 getter: _RowGetter | None, out: _Collector) -> None:
     """Decode ``values[start:stop]`` in fast pieces of ``sizes[0]`` messages.
 
     A piece the fast path refuses is tried again in pieces of the next size (``_RETRY_CHUNK``),
@@ -222,7 +222,7 @@ def _decode_span(values: Sequence[bytes | None], start: int, stop: int, sizes: t
             _decode_exactly(values, piece_start, piece_stop, names, out)
 
 
-def _row_getter(names: list[str]) -> RowGetter:
+def _row_getter(names: list[str]) -> _RowGetter:
     """A C-level ``features dict -> values in names order`` (``itemgetter`` returns a bare value for one name)."""
     if len(names) >= 2:
         return itemgetter(*names)
@@ -232,7 +232,7 @@ def _row_getter(names: list[str]) -> RowGetter:
     return lambda features: ()
 
 
-def _decode_chunk_fast(chunk: Sequence[bytes | None], names: list[str], getter: RowGetter | None,
+def _decode_chunk_fast(chunk: Sequence[bytes | None], names: list[str], getter: _RowGetter | None,
                        out: npt.NDArray[np.float32]) -> list[dict[str, Any]] | None:
     """The headers of ``chunk`` with its rows written to ``out``, or None: the chunk needs a closer look.
 
@@ -266,7 +266,7 @@ def _packer(n_features: int) -> Callable[..., bytes]:
     return struct.Struct(f"={n_features}d").pack
 
 
-def _rows_in_order(features: list[Any], names: list[str], getter: RowGetter | None) -> Iterable[Iterable[Any]] | None:
+def _rows_in_order(features: list[Any], names: list[str], getter: _RowGetter | None) -> Iterable[Iterable[Any]] | None:
     """Each event's feature values in ``names`` order (still Python objects), or None if the exact path must look.
 
     May raise TypeError (an unused value that is not a number) or KeyError (a missing name).

@@ -33,7 +33,7 @@ from ..schemas.manifest import ModelManifest
 from .detectors.base import sha256_hex
 from .detectors.loading import load_detector
 
-__all__ = ["ModelRegistry", "VersionInfo"]
+__all__ = ["ModelRegistry", "Status", "VersionInfo"]
 
 Status = Literal["candidate", "promoted", "rejected", "retired"]
 

@@ -47,7 +47,7 @@ from .store import LabelSet, LabelStore, TrafficReservoir
 from .refit import fit_candidate, recipe_for
 from .training import TrainingData, finalize_manifest
 
-__all__ = ["RetrainOutcome", "RetrainStores", "Retrainer", "calibrate_threshold"]
+__all__ = ["Decision", "RetrainOutcome", "RetrainStores", "Retrainer", "calibrate_threshold"]
 
 log = logging.getLogger(__name__)
 

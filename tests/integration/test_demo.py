@@ -13,6 +13,7 @@ from protoguard.deploy.stack import free_port
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # starts a stack of its own and retrains twice
 def test_demo_runs_the_label_loop_and_writes_the_report(tmp_path) -> None:
     report = tmp_path / "report"
     env = {**os.environ, "PROTOGUARD_STACK__RUN_DIR": str(tmp_path / "run"),

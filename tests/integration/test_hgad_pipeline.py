@@ -3,7 +3,6 @@ labels -> retrain of the *HGAD* champion -> gate -> promotion -> the scorer serv
 from __future__ import annotations
 
 import signal
-import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -15,7 +14,7 @@ from protoguard.stream.replay import encode_events
 from protoguard.trainer.detectors import HGADDetector
 from tests.fixtures.pipeline import FEATURES, N_FEATURES, Pipeline, alerts_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about a minute
 
 KINDS = ("disk", "net", "cpu")
 #: a fit of a few seconds on one thread: enough to exercise the loop, not a quality claim
@@ -53,14 +52,6 @@ def _produce(p: Pipeline, X: np.ndarray, kinds: list[str], *, start: int) -> lis
     producer.flush()
     producer.close()
     return ids
-
-
-def _wait_for(predicate, timeout_s: float, what: str, p: Pipeline) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n" + p.process_report())
-        time.sleep(0.25)
 
 
 def _alerted(p: Pipeline, first: int, expect_at_least: int) -> dict[int, dict]:
@@ -111,14 +102,17 @@ def test_hgad_serves_alerts_on_class_swaps_and_is_retrained_through_the_gate(pip
 
     # 3. The trainer retrains the HGAD champion (an HGAD candidate), gates it and promotes it.
     trainer = pipeline.start_process(["trainer"], log=tmp_path / "trainer.log", env=_TRAINER_ENV)
-    _wait_for(lambda: len(registry.versions()) >= 2, 240, "a retrained candidate", pipeline)
+    pipeline.wait_until(lambda: len(registry.versions()) >= 2, 240, "a retrained candidate")
     v2 = max((info.version for info in registry.versions()), key=int)
     candidate = registry.manifest(v2)
     assert candidate.detector == "hgad" and candidate.parent_version == v1
     assert candidate.training_summary["classes"] == sorted(KINDS)
     assert candidate.metrics["gate"]["decision"] == "promote", candidate.metrics["gate"]
-    _wait_for(lambda: registry.current_version() == v2, 30, "the promotion", pipeline)
-    time.sleep(3.0)  # the scorer swaps models between batches (pub/sub, or polling every 0.5 s)
+    pipeline.wait_until(lambda: registry.current_version() == v2, 30, "the promotion")
+    # The scorer swaps models between batches (pub/sub, or polling every 0.5 s) and says so in its log.
+    scorer_log = tmp_path / "scorer.log"
+    pipeline.wait_until(lambda: f"serving model version {v2} " in scorer_log.read_text(errors="replace"), 60,
+                        f"the scorer to serve model {v2}")
 
     # 4. The scorer picks up the promoted HGAD and alerts on new class swaps with it.
     X2, kinds2, type2 = class_traffic(1200, seed=4, swap_share=0.1, genuine_share=0.0)

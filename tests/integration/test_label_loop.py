@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -11,10 +12,11 @@ import pytest
 
 from protoguard.schemas.settings import TrainerSettings
 from protoguard.stream.clients import build_producer, build_redis
+from protoguard.trainer.bootstrap import bootstrap_model
 from protoguard.trainer.detectors.mnp import MNPDetector
 from protoguard.trainer.retraining import Retrainer, RetrainStores
 from protoguard.trainer.store import LabelStore, TrafficReservoir
-from protoguard.trainer.training import TrainingData, calibrate, finalize_manifest, fit_mnp
+from protoguard.trainer.training import TrainingData, fit_mnp
 from tests.fixtures.pipeline import FEATURES, N_FEATURES, Pipeline, alerts_of
 
 pytestmark = pytest.mark.integration
@@ -25,6 +27,10 @@ _FAST = {"PROTOGUARD_TRAINER__N_EPOCHS": "10", "PROTOGUARD_TRAINER__GATE_MIN_LAB
          "PROTOGUARD_TRAINER__RANDOM_STATE": "0", "PROTOGUARD_STREAM__RESERVOIR_SIZE": "3000",
          "PROTOGUARD_TRAINER__LOCK_TIMEOUT_S": "30"}
 _FAST_PARAMS = {"n_batches_per_epoch": 8, "n_prototypes": 3, "device": "cpu"}
+#: the trainer's CLI arguments where a test counts its label checks: APScheduler logs each job run
+#: at INFO, which the CLI lets through only at DEBUG (it quiets the apscheduler logger otherwise).
+#: The later --log-level wins over the INFO that Pipeline.start_process passes first.
+_TRAINER_COUNTING_CHECKS = ["--log-level", "DEBUG", "trainer"]
 
 
 def hidden_anomaly_traffic(n: int, seed: int, anomaly_share: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -45,12 +51,9 @@ def _first_model(p: Pipeline, X: np.ndarray, y: np.ndarray, n_labelled: int, n_e
     det = fit_mnp(TrainingData(X_unlabelled=X[rest], X_anomalies=X[labelled], X_normals=X[:0], feature_names=FEATURES),
                   params={"max_epochs": n_epochs, "pretrain_max_epochs": n_epochs, "validation": "fixed_epochs",
                           **_FAST_PARAMS}, random_state=0)
-    threshold, calibration = calibrate(det.score(X[rest]), alert_budget=0.05)
-    weights, manifest = det.save()
-    registry = p.registry()
-    version = registry.register(weights, finalize_manifest(manifest, threshold=threshold, calibration=calibration,
-                                                            summary={"first": True}))
-    registry.promote(version)
+    version = bootstrap_model(det, X[rest], alert_budget=0.05, summary={"first": True}, registry=p.registry(),
+                              promote="always").version
+    assert version is not None
     return version
 
 
@@ -68,12 +71,19 @@ def _send(p: Pipeline, topic: str, values: list[bytes]) -> None:
     producer.close()
 
 
-def _wait_for(predicate, timeout_s: float, what: str, p: Pipeline) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n" + p.process_report())
-        time.sleep(0.25)
+def _label_checks(log: Path) -> int:
+    """How many label checks (the ``label_check_s`` interval job) this trainer has finished, from its
+    log. A check that starts a retrain finishes only when the retrain has."""
+    every = f"interval[{timedelta(seconds=float(_FAST['PROTOGUARD_TRAINER__LABEL_CHECK_S']))}]"
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if every in line and "executed successfully" in line)
+
+
+def _wait_for_label_checks(p: Pipeline, logs: list[Path], n: int = 3, timeout_s: float = 120) -> None:
+    """Wait until every trainer has finished ``n`` more label checks than it had now."""
+    since = [_label_checks(log) for log in logs]
+    p.wait_until(lambda: all(_label_checks(log) >= s + n for log, s in zip(logs, since)), timeout_s,
+                 f"{n} more label checks by each trainer")
 
 
 def _seed_stores(p: Pipeline, X: np.ndarray, ids: list[str], labels_y: np.ndarray, labelled: np.ndarray) -> None:
@@ -87,6 +97,7 @@ def _seed_stores(p: Pipeline, X: np.ndarray, ids: list[str], labels_y: np.ndarra
     store.apply([ids[i] for i in labelled], metas, X[labelled])
 
 
+@pytest.mark.slow  # about 70 s on the 2-core CI machine
 def test_labels_trigger_a_retrain_whose_promotion_the_scorer_serves(pipeline: Pipeline, tmp_path) -> None:
     X, y = hidden_anomaly_traffic(6000, seed=21)
     v1 = _first_model(pipeline, X[:2000], y[:2000], n_labelled=2)
@@ -115,7 +126,7 @@ def test_labels_trigger_a_retrain_whose_promotion_the_scorer_serves(pipeline: Pi
     trainer = pipeline.start_process(["trainer"], log=tmp_path / "trainer.log",
                                      env={**_FAST, "PROTOGUARD_TRAINER__MIN_NEW_LABELS": "50"})
     registry = pipeline.registry()
-    _wait_for(lambda: registry.current_version() != v1, 180, "a promoted retrain", pipeline)
+    pipeline.wait_until(lambda: registry.current_version() != v1, 180, "a promoted retrain")
     v2 = registry.current_version()
     manifest = registry.manifest(v2)
     assert manifest.parent_version == v1
@@ -168,6 +179,7 @@ def test_a_candidate_trained_on_flipped_labels_is_rejected(pipeline: Pipeline) -
     assert gate["candidate"]["auc_pr"] < gate["champion"]["auc_pr"]
 
 
+@pytest.mark.slow  # about 70 s on the 2-core CI machine
 def test_two_trainers_make_one_retrain_per_trigger(pipeline: Pipeline, tmp_path) -> None:
     X, y = hidden_anomaly_traffic(4000, seed=23)
     _first_model(pipeline, X[:2000], y[:2000], n_labelled=5)
@@ -175,26 +187,28 @@ def test_two_trainers_make_one_retrain_per_trigger(pipeline: Pipeline, tmp_path)
     anomalies, normals = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     _seed_stores(pipeline, X, ids, y, np.concatenate([anomalies[:20], normals[:20]]))
     env = {**_FAST, "PROTOGUARD_TRAINER__MIN_NEW_LABELS": "30"}
-    trainers = [pipeline.start_process(["trainer"], log=tmp_path / f"trainer{i}.log", env=env) for i in range(2)]
+    logs = [tmp_path / f"trainer{i}.log" for i in range(2)]
+    trainers = [pipeline.start_process(_TRAINER_COUNTING_CHECKS, log=log, env=env) for log in logs]
     registry = pipeline.registry()
-    _wait_for(lambda: len(registry.versions()) >= 2, 180, "the first retrain", pipeline)
-    time.sleep(6)  # both trainers checked the label count many times since
+    pipeline.wait_until(lambda: len(registry.versions()) >= 2, 180, "the first retrain")
+    _wait_for_label_checks(pipeline, logs)  # both trainers checked the label count since, and did not retrain
     assert len(registry.versions()) == 2
 
     client = build_redis(pipeline.stack.redis_url)
     store = LabelStore(client, prefix=pipeline.prefix)
     more = np.concatenate([anomalies[20:40], normals[20:40]])
     store.apply([ids[i] for i in more], [orjson.dumps({"label": "anomaly" if y[i] else "normal"}) for i in more], X[more])
-    _wait_for(lambda: len(registry.versions()) >= 3, 180, "the second retrain", pipeline)
-    time.sleep(6)
+    pipeline.wait_until(lambda: len(registry.versions()) >= 3, 180, "the second retrain")
+    _wait_for_label_checks(pipeline, logs)
     assert len(registry.versions()) == 3
-    logs = "".join((tmp_path / f"trainer{i}.log").read_text() for i in range(2))
-    assert logs.count("retrain starting") == 2  # one run per trigger, whichever trainer took the lock
+    text = "".join(log.read_text() for log in logs)
+    assert text.count("retrain starting") == 2  # one run per trigger, whichever trainer took the lock
     for proc in trainers:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, pipeline.process_report()
 
 
+@pytest.mark.slow  # about 30 s on the 2-core CI machine
 def test_an_overdue_schedule_runs_once_at_start_however_many_runs_were_missed(pipeline: Pipeline, tmp_path) -> None:
     X, y = hidden_anomaly_traffic(3000, seed=24)
     _first_model(pipeline, X[:2000], y[:2000], n_labelled=5)
@@ -205,10 +219,10 @@ def test_an_overdue_schedule_runs_once_at_start_however_many_runs_were_missed(pi
     # Without catching up, the next run would be an hour away; without coalescing, ten would run now.
     client.set(f"{pipeline.prefix}:trainer:last_run", orjson.dumps({"ts": time.time() - 36_000, "trigger": "schedule"}))
     env = {**_FAST, "PROTOGUARD_TRAINER__INTERVAL_S": "3600", "PROTOGUARD_TRAINER__MIN_NEW_LABELS": "1000"}
-    trainer = pipeline.start_process(["trainer"], log=tmp_path / "trainer.log", env=env)
+    trainer = pipeline.start_process(_TRAINER_COUNTING_CHECKS, log=tmp_path / "trainer.log", env=env)
     registry = pipeline.registry()
-    _wait_for(lambda: len(registry.versions()) >= 2, 120, "the overdue scheduled retrain", pipeline)
-    time.sleep(6)
+    pipeline.wait_until(lambda: len(registry.versions()) >= 2, 120, "the overdue scheduled retrain")
+    _wait_for_label_checks(pipeline, [tmp_path / "trainer.log"])  # the scheduler moved on past the overdue run
     assert len(registry.versions()) == 2  # one run for all the missed ones
     last = orjson.loads(client.get(f"{pipeline.prefix}:trainer:last_run"))
     assert last["trigger"] == "schedule" and time.time() - last["ts"] < 60
@@ -216,12 +230,13 @@ def test_an_overdue_schedule_runs_once_at_start_however_many_runs_were_missed(pi
     assert trainer.wait(timeout=120) == 0, pipeline.process_report()
 
 
+@pytest.mark.slow  # about 25 s on the 2-core CI machine
 def test_targeted_label_flips_raise_the_alarm_and_honest_labels_are_promoted(redis_client, unique) -> None:
     """The poisoned-label benchmark, shrunk: the same UNSW rounds labelled honestly and with 20 % of
     each round's labels flipped (alerted attacks near one seed attack relabelled normal) after an
     honest first round. The real Retrainer, label store and registry on the stack's Redis."""
     from protoguard.benchmarks.poisoned_labels import Scenario, run_world
-    from protoguard.cli.demo_cmd import bundled_sample
+    from protoguard.data import bundled_sample
     from protoguard.stream.replay import load_dataset
 
     dataset = load_dataset(bundled_sample())

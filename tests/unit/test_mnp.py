@@ -191,6 +191,7 @@ def test_frugal_without_holdout_caps_joint_epochs(data, monkeypatch: pytest.Monk
     assert det.training_summary_["early_stopping"] is False and det.training_summary_["n_labelled"] == int(y.sum())
 
 
+@pytest.mark.slow  # about 12 s on the 2-core CI machine
 def test_three_prototypes_beat_one_on_three_normal_modes() -> None:
     """The paper's synthetic setting: anomalies at the centre of three normal modes."""
     X, y, X_test, y_test = three_modes(seed=0)

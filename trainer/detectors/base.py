@@ -29,6 +29,7 @@ from .explanation import Explanation, from_prototype_explanation
 __all__ = [
     "BaseDetector",
     "Detector",
+    "FloatMatrix",
     "check_is_fitted",
     "resolve_device",
     "sha256_hex",

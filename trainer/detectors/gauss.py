@@ -34,7 +34,7 @@ from .explanation import Explanation
 from .hgad_calibration import class_thresholds
 from .hgad_preprocess import STATS_TENSORS, fit_preprocess, stats_from_tensors, stats_to_tensors, transform_preprocess
 
-__all__ = ["GaussDetector"]
+__all__ = ["FloatArray", "GaussDetector"]
 
 FloatArray = npt.NDArray[np.float32]
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)

@@ -44,7 +44,7 @@ from .hgad_network import CHUNK_ROWS, MixtureFlow, data_main_centres, init_main_
 from .hgad_preprocess import STATS_TENSORS, fit_preprocess, stats_from_tensors, stats_to_tensors, transform_preprocess
 from .hgad_training import TrainConfig, train_mixture_flow
 
-__all__ = ["HGADDetector", "HGADExplanation"]
+__all__ = ["FloatArray", "HGADDetector", "HGADExplanation"]
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from .hgad_flow import HGADFlow
 
-__all__ = ["MixtureFlow", "data_main_centres", "init_main_centres"]
+__all__ = ["CENTRE_DISTANCE", "CHUNK_ROWS", "MixtureFlow", "data_main_centres", "init_main_centres"]
 
 #: Distance between main centres in the original init (spec section 3).
 CENTRE_DISTANCE = 5.0

@@ -28,7 +28,15 @@ from torch import nn
 from ...schemas.errors import ConfigError, ModelIntegrityError
 from ...schemas.manifest import ModelManifest, ScalerStats
 from ..evaluation import auc_pr_trapz
-from .base import BaseDetector, check_is_fitted, resolve_device, sha256_hex, tensors_from_bytes, tensors_to_bytes
+from .base import (
+    BaseDetector,
+    FloatMatrix,
+    check_is_fitted,
+    resolve_device,
+    sha256_hex,
+    tensors_from_bytes,
+    tensors_to_bytes,
+)
 from .mnp_losses import dwa_combine, likelihood_weights, prototype_loss, reconstruction_loss, score_loss
 from .mnp_network import DAELayer, MNPNetwork, hidden_width
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
@@ -37,7 +45,6 @@ __all__ = ["MNPDetector", "MNPExplanation", "MNPValidation", "MNPVariant"]
 
 MNPVariant = Literal["faithful", "fixed"]
 MNPValidation = Literal["reference", "frugal", "fixed_epochs"]
-FloatMatrix = npt.NDArray[np.float32]
 
 # Std of the Gaussian corruption of each DAE layer's input (spec section 4).
 _DAE_NOISE_STD = 0.05

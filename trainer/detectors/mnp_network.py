@@ -14,8 +14,10 @@ from torch import nn
 
 __all__ = [
     "DAELayer",
+    "LEAKY_SLOPE",
     "MNPForward",
     "MNPNetwork",
+    "SCORER_HIDDEN",
     "ScoringNet",
     "hidden_width",
     "per_feature_reconstruction",
