@@ -96,7 +96,7 @@ def test_a_singleton_class_borrows_the_pooled_covariance() -> None:
 def test_errors_name_the_problem() -> None:
     with pytest.raises(NotFittedError, match="Call fit"):
         GaussDetector().score(np.zeros((2, 3)))
-    with pytest.raises(ConfigError, match="'shrinkage' parameter of GaussDetector must be None or a float in"):
+    with pytest.raises(ConfigError, match=r"'shrinkage' parameter of GaussDetector must be a float in \[0, 1\] or None"):
         GaussDetector(shrinkage=2.0).fit(np.zeros((4, 3)), [0, 0, 1, 1])
     with pytest.raises(ValueError, match="every training row needs a class"):
         GaussDetector().fit(np.zeros((2, 3)), [None, "a"])

@@ -26,13 +26,14 @@ import numpy.typing as npt
 import torch
 from sklearn.covariance import ledoit_wolf
 
-from ...schemas.errors import ConfigError, ModelIntegrityError
+from ...schemas.errors import ModelIntegrityError
 from ...schemas.manifest import ModelManifest, ScalerStats, ThresholdCalibration
 from .base import BaseDetector, check_is_fitted, sha256_hex, tensors_from_bytes, tensors_to_bytes
 from .class_labels import Labels, as_label, class_indices, encode_training_classes, holdout_mask
 from .explanation import Explanation
 from .hgad_calibration import class_thresholds
 from .hgad_preprocess import STATS_TENSORS, fit_preprocess, stats_from_tensors, stats_to_tensors, transform_preprocess
+from .params import check_params, integer, optional, real_in
 
 __all__ = ["FloatArray", "GaussDetector"]
 
@@ -103,19 +104,8 @@ class GaussDetector(BaseDetector):
         self.random_state = random_state
 
     def _validate_params(self) -> None:
-        name = type(self).__name__
-
-        def fail(param: str, rule: str) -> None:
-            raise ConfigError(f"The {param!r} parameter of {name} must be {rule}. Got {getattr(self, param)!r} instead.")
-
-        if self.shrinkage is not None and not (isinstance(self.shrinkage, int | float) and 0 <= self.shrinkage <= 1):
-            fail("shrinkage", "None or a float in [0, 1]")
-        if not (isinstance(self.reg_covar, int | float) and self.reg_covar > 0):
-            fail("reg_covar", "a float > 0")
-        if not (isinstance(self.threshold_quantile, int | float) and 0 < self.threshold_quantile <= 1):
-            fail("threshold_quantile", "a float in (0, 1]")
-        if self.random_state is not None and not isinstance(self.random_state, int | np.integer):
-            fail("random_state", "an int or None")
+        check_params(self, {"shrinkage": optional(real_in(0, 1)), "reg_covar": real_in(0, low_open=True),
+                            "threshold_quantile": real_in(0, 1, low_open=True), "random_state": optional(integer())})
 
     @staticmethod
     def _check_matrix(X: npt.ArrayLike, what: str) -> npt.NDArray[np.float64]:

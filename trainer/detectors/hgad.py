@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ from .hgad_calibration import class_thresholds, health_summary
 from .hgad_losses import class_log_likelihoods
 from .hgad_network import CHUNK_ROWS, MixtureFlow, data_main_centres, init_main_centres
 from .hgad_preprocess import STATS_TENSORS, fit_preprocess, stats_from_tensors, stats_to_tensors, transform_preprocess
+from .params import boolean, check_params, int_at_least, integer, one_of, optional, real_in
 from .hgad_training import TrainConfig, train_mixture_flow
 
 __all__ = ["FloatArray", "HGADDetector", "HGADExplanation"]
@@ -208,39 +209,18 @@ class HGADDetector(BaseDetector):
 
     # ------------------------------------------------------------------ validation
     def _validate_params(self) -> None:
-        name = type(self).__name__
-
-        def fail(param: str, rule: str) -> None:
-            raise ConfigError(f"The {param!r} parameter of {name} must be {rule}. Got {getattr(self, param)!r} instead.")
-
-        for param in ("n_blocks", "n_intra_centres", "n_epochs", "batch_size"):
-            value = getattr(self, param)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                fail(param, "an int >= 1")
-        if self.centre_init not in _CENTRE_INITS:
-            fail("centre_init", "'data' or 'onehot'")
-        for param in ("lambda1", "lambda2"):
-            if not isinstance(getattr(self, param), int | float) or getattr(self, param) < 0:
-                fail(param, "a float >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            fail("label_smoothing", "a float in [0, 1)")
-        if not self.lr > 0:
-            fail("lr", "a float > 0")
-        if not 0 <= self.stage1_fraction < 1:
-            fail("stage1_fraction", "a float in [0, 1)")
-        if not self.clamp > 0:
-            fail("clamp", "a float > 0")
-        if not 0 < self.threshold_quantile <= 1:
-            fail("threshold_quantile", "a float in (0, 1]")
-        for param in ("use_mi", "use_entropy", "use_intra"):
-            if not isinstance(getattr(self, param), bool):
-                fail(param, "a bool")
-        if self.random_state is not None and not isinstance(self.random_state, int | np.integer):
-            fail("random_state", "an int or None")
+        positive, unit_open = real_in(0, low_open=True), real_in(0, 1, high_open=True)
+        check_params(self, {
+            **dict.fromkeys(("n_blocks", "n_intra_centres", "n_epochs", "batch_size"), int_at_least(1)),
+            "centre_init": one_of(*_CENTRE_INITS), "lambda1": real_in(0), "lambda2": real_in(0),
+            "label_smoothing": unit_open, "lr": positive, "stage1_fraction": unit_open, "clamp": positive,
+            "threshold_quantile": real_in(0, 1, low_open=True),
+            **dict.fromkeys(("use_mi", "use_entropy", "use_intra"), boolean()), "random_state": optional(integer()),
+        })
         try:
             resolve_device(self.device)
         except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"The 'device' parameter of {name} must be 'auto', 'cpu' or 'cuda[:i]'. Got {self.device!r} instead.") from exc
+            raise ConfigError(f"The 'device' parameter of {type(self).__name__} must be 'auto', 'cpu' or 'cuda[:i]'. Got {self.device!r} instead.") from exc
 
     @staticmethod
     def _check_matrix(X: npt.ArrayLike, what: str) -> npt.NDArray[np.float64]:

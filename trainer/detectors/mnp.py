@@ -40,6 +40,7 @@ from .base import (
 from .mnp_losses import dwa_combine, likelihood_weights, prototype_loss, reconstruction_loss, score_loss
 from .mnp_network import DAELayer, MNPNetwork, hidden_width
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
+from .params import check_params, int_at_least, one_of, optional, real_in
 
 __all__ = ["MNPDetector", "MNPExplanation", "MNPValidation", "MNPVariant"]
 
@@ -255,27 +256,15 @@ class MNPDetector(BaseDetector):
 
     # ------------------------------------------------------------------ validation of inputs
     def _check_params(self) -> None:
-        def fail(name: str, what: str) -> None:
-            raise ConfigError(f"The {name!r} parameter of MNPDetector must be {what}. Got {getattr(self, name)!r} instead.")
-
-        if self.n_prototypes is not None and (not isinstance(self.n_prototypes, int) or self.n_prototypes < 1):
-            fail("n_prototypes", "an int >= 1 or None")
-        if self.variant not in ("faithful", "fixed"):
-            fail("variant", "'faithful' or 'fixed'")
-        if self.validation not in ("reference", "frugal", "fixed_epochs"):
-            fail("validation", "'reference', 'frugal' or 'fixed_epochs'")
-        for name in ("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience", "n_members"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
-        for name in ("max_epochs", "pretrain_max_epochs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                fail(name, "an int >= 0")
-        for name in ("lr", "dwa_temperature"):
-            if not getattr(self, name) > 0:
-                fail(name, "a float > 0")
-        for name in ("beta", "weight_decay", "margin", "lambda_kl"):
-            if not getattr(self, name) >= 0:
-                fail(name, "a float >= 0")
+        check_params(self, {
+            "n_prototypes": optional(int_at_least(1)), "variant": one_of("faithful", "fixed"),
+            "validation": one_of("reference", "frugal", "fixed_epochs"),
+            **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
+                             "n_members"), int_at_least(1)),
+            **dict.fromkeys(("max_epochs", "pretrain_max_epochs"), int_at_least(0)),
+            **dict.fromkeys(("lr", "dwa_temperature"), real_in(0, low_open=True)),
+            **dict.fromkeys(("beta", "weight_decay", "margin", "lambda_kl"), real_in(0)),
+        })
 
     # ------------------------------------------------------------------ fit
     def fit(
