@@ -15,10 +15,10 @@ from pathlib import Path
 from ..schemas.errors import ProtoguardError
 from ..schemas.settings import load_settings
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_COMMAND_MODULES = ("demo_cmd", "stack_cmd", "config_cmd", "score_cmd", "loop_cmd", "model_cmd", "bench_cmd")
+COMMAND_MODULES = ("demo_cmd", "stack_cmd", "config_cmd", "score_cmd", "loop_cmd", "model_cmd", "bench_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env PROTOGUARD_* overrides it)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    for name in COMMAND_MODULES:
         # A command module that does not import is a broken install, never a command to hide. The
         # modules import only argparse and settings; what a command runs is imported when it runs,
         # so `protoguard --help` does not load torch, scikit-learn or matplotlib.
