@@ -120,12 +120,17 @@ class ConsumerLoop:
             return False
         log.warning("no completed group join for %.0f s (assignment %s): replacing the consumer",
                     self.membership.waiting_s(), sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment()))
+        self.membership.restart_wait()  # success or not, the next attempt is a whole stall limit away
+        try:  # the new one first: with the broker away the factory fails, and the old consumer stays
+            replacement = self.consumer_factory()
+        except Exception as exc:  # noqa: BLE001 - any failure to build leaves the loop running as it was
+            log.warning("cannot build a replacement consumer yet (%r); keeping the stalled one", exc)
+            return False
         try:
             self.consumer.close(autocommit=False)
         except Exception as exc:  # noqa: BLE001 - a half-broken consumer must not block its replacement
             log.warning("stalled consumer did not close cleanly: %r", exc)
-        self.consumer = self.consumer_factory()
-        self.membership.restart_wait()
+        self.consumer = replacement
         self._listen_to_membership()
         self.n_consumer_restarts += 1
         return True
