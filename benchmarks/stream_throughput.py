@@ -275,8 +275,8 @@ def river_rate(values: list[bytes], seconds: float = 20.0) -> dict[str, float]:
 def register_model(redis_url: str, prefix: str, shape: Shape) -> str:
     """The product's 3-member MNP (architecture as shipped; few epochs: the fit's quality is not
     what this benchmark measures), threshold at a 2 % alert budget."""
+    from ..trainer.bootstrap import bootstrap_model
     from ..trainer.detectors.mnp import MNPDetector
-    from ..trainer.training import calibrate, finalize_manifest
 
     rows = np.random.default_rng(0).choice(len(shape.X), size=min(5000, len(shape.X)), replace=False)
     X = shape.X[np.sort(rows)]  # a sample of the whole stream, so that about 2 % of it alerts
@@ -285,11 +285,10 @@ def register_model(redis_url: str, prefix: str, shape: Shape) -> str:
     det = MNPDetector(n_members=3, validation="fixed_epochs", max_epochs=3, pretrain_max_epochs=3,
                       n_batches_per_epoch=16, random_state=0, device="cpu")
     det.fit(X, y, feature_names=shape.names)
-    threshold, calibration = calibrate(det.score(X), alert_budget=0.02)
-    weights, manifest = det.save()
     registry = ModelRegistry(build_redis(redis_url), prefix=prefix)
-    version = registry.register(weights, finalize_manifest(manifest, threshold=threshold, calibration=calibration, summary={}))
-    registry.promote(version)
+    version = bootstrap_model(det, X, alert_budget=0.02, registry=registry, note="stream benchmark",
+                              promote="always").version
+    assert version is not None
     return version
 
 

@@ -128,7 +128,7 @@ class WorkerSupervisor:
         alive = [c.process.poll() is None or c.done for c in self.children]
         fresh = [a is not None and a < _STALE_STATUS_S for a, c in zip(ages, self.children) if not c.done]
         ok = all(alive) and all(fresh)
-        return ok, {"workers": len(self.children), "alive": sum(alive), "oldest_status_s": max((a for a in ages if a), default=0)}
+        return ok, {"workers": len(self.children), "workers_alive": sum(alive), "oldest_status_s": max((a for a in ages if a), default=0)}
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..schemas.errors import ConfigError
 from ..schemas.manifest import ModelManifest, ThresholdCalibration
 from .detectors.mnp import MNPDetector
 from .evaluation import threshold_for_budget
@@ -50,8 +51,17 @@ def fit_mnp(data: TrainingData, *, params: dict[str, Any] | None = None, warm_st
 
 
 def calibrate(scores: npt.NDArray[np.float32], *, alert_budget: float) -> tuple[float, ThresholdCalibration]:
-    """Threshold so that ``alert_budget`` of the reference traffic alerts."""
-    threshold = threshold_for_budget(scores, alert_budget)
+    """Threshold so that ``alert_budget`` of the reference traffic alerts.
+
+    A non-finite reference score would make the quantile NaN, which the manifest stores as "no
+    threshold": a model that never alerts. That is refused here, before anything is registered.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).all():
+        bad = int(values.size - np.isfinite(values).sum())
+        raise ConfigError(f"cannot calibrate a threshold on {values.size} reference scores ({bad} NaN or infinite): "
+                          "a model must score every reference row with a finite number")
+    threshold = threshold_for_budget(values, alert_budget)
     return threshold, ThresholdCalibration(method="alert_budget", target=alert_budget, n_samples=len(scores))
 
 

@@ -141,7 +141,7 @@ def test_alive_while_every_child_runs_and_its_status_is_fresh(supervisor: Worker
     _report(supervisor, 0, model_loaded=True)
     clock.advance(30.0)
     _report(supervisor, 1, model_loaded=True)
-    assert supervisor.liveness() == (True, {"workers": 2, "alive": 2, "oldest_status_s": 30.0})
+    assert supervisor.liveness() == (True, {"workers": 2, "workers_alive": 2, "oldest_status_s": 30.0})
     clock.advance(31.0)  # child 0 has not written for 61 s: stalled
     ok, details = supervisor.liveness()
     assert not ok and details["oldest_status_s"] == 61.0
@@ -152,13 +152,13 @@ def test_a_dead_or_silent_child_fails_liveness_and_one_that_finished_by_itself_d
     _children(supervisor, None, 1)
     _report(supervisor, 0, model_loaded=True)
     _report(supervisor, 1, model_loaded=True)
-    assert supervisor.liveness()[0] is False and supervisor.liveness()[1]["alive"] == 1
+    assert supervisor.liveness()[0] is False and supervisor.liveness()[1]["workers_alive"] == 1
     _children(supervisor, None, None)
     supervisor._status_path(1).unlink()  # child 1 never wrote its status
     assert supervisor.liveness()[0] is False
     _children(supervisor, None, 0)
     supervisor.children[1].done = True  # exited 0 (--exit-when-idle-s) and removed its status
-    assert supervisor.liveness() == (True, {"workers": 2, "alive": 2, "oldest_status_s": 0.0})
+    assert supervisor.liveness() == (True, {"workers": 2, "workers_alive": 2, "oldest_status_s": 0.0})
 
 
 def test_the_supervisor_serves_its_children_readiness_and_liveness_over_http(supervisor: WorkerSupervisor,

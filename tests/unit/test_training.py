@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from protoguard.schemas.errors import ConfigError
 from protoguard.schemas.manifest import ModelManifest, ThresholdCalibration
 from protoguard.trainer.training import TrainingData, calibrate, finalize_manifest
 
@@ -46,3 +47,14 @@ def test_finalize_returns_a_new_manifest_and_leaves_the_detectors_untouched() ->
     assert original.threshold is None and original.calibration.method == "none"
     assert final.threshold == 1.0 and final.metrics == {} and final.parent_version is None
     assert ModelManifest.model_validate_json(final.model_dump_json()) == final  # still a valid manifest
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_calibration_refuses_a_non_finite_reference_score(bad: float) -> None:
+    """A NaN quantile would be stored as "no threshold": a model that never alerts."""
+    scores = np.linspace(0, 1, 100).astype(np.float32)
+    scores[7] = bad
+    with pytest.raises(ConfigError, match=r"100 reference scores \(1 NaN or infinite\)"):
+        calibrate(scores, alert_budget=0.02)
+    with pytest.raises(ConfigError, match="0 reference scores"):
+        calibrate(np.empty(0, np.float32), alert_budget=0.02)
