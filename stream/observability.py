@@ -86,8 +86,7 @@ class HealthServer:
                     self._send(200 if ok else 503, json.dumps({"alive": ok, **details}).encode())
                 elif self.path == "/readyz":
                     ok, checks = outer.ready()
-                    body = "{" + ", ".join(f'"{k}": {str(v).lower()}' for k, v in checks.items()) + "}"
-                    self._send(200 if ok else 503, body.encode())
+                    self._send(200 if ok else 503, json.dumps({"ready": ok, **checks}).encode())
                 else:
                     self._send(404, b'{"error": "not found"}')
 

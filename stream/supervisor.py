@@ -73,6 +73,9 @@ class _Child:
     backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=1.0, max_s=30.0))
     restart_at: float | None = None
     done: bool = False
+    #: wall time of the latest spawn: a child gets ``_STALE_STATUS_S`` to write its first status
+    #: (loading torch and a model takes a while) before /healthz counts it as stalled
+    started_at: float = field(default_factory=lambda: time.time())
 
 
 class WorkerSupervisor:
@@ -126,7 +129,8 @@ class WorkerSupervisor:
         now = time.time()
         ages = [now - s["wall"] if "wall" in s else None for s in self._statuses()]
         alive = [c.process.poll() is None or c.done for c in self.children]
-        fresh = [a is not None and a < _STALE_STATUS_S for a, c in zip(ages, self.children) if not c.done]
+        fresh = [(a is not None and a < _STALE_STATUS_S) or now - c.started_at < _STALE_STATUS_S
+                 for a, c in zip(ages, self.children) if not c.done]
         ok = all(alive) and all(fresh)
         return ok, {"workers": len(self.children), "workers_alive": sum(alive), "oldest_status_s": max((a for a in ages if a), default=0)}
 
@@ -171,7 +175,7 @@ class WorkerSupervisor:
                 log.error("worker %d (pid %d) exited with %d; restarting in %.1f s", child.index, child.process.pid,
                           code, child.restart_at - now)
             elif now >= child.restart_at:
-                child.process, child.restart_at = self._spawn(child.index), None
+                child.process, child.restart_at, child.started_at = self._spawn(child.index), None, time.time()
 
     def _stop_children(self) -> None:
         running = [c for c in self.children if c.process.poll() is None]

@@ -51,10 +51,10 @@ def test_readyz_follows_the_readiness_callable_at_every_request(
     server, ready, _ = served
     status, ctype, body = _get(server, "/readyz")
     assert (status, ctype) == (503, "application/json")
-    assert json.loads(body) == {"model_loaded": False, "partitions_assigned": True}
+    assert json.loads(body) == {"ready": False, "model_loaded": False, "partitions_assigned": True}
     ready.ok, ready.checks["model_loaded"] = True, True
     status, _, body = _get(server, "/readyz")
-    assert status == 200 and json.loads(body) == {"model_loaded": True, "partitions_assigned": True}
+    assert status == 200 and json.loads(body) == {"ready": True, "model_loaded": True, "partitions_assigned": True}
 
 
 def test_healthz_is_alive_while_the_loop_beats_and_503_once_it_stalls() -> None:

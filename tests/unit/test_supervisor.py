@@ -154,8 +154,11 @@ def test_a_dead_or_silent_child_fails_liveness_and_one_that_finished_by_itself_d
     _report(supervisor, 1, model_loaded=True)
     assert supervisor.liveness()[0] is False and supervisor.liveness()[1]["workers_alive"] == 1
     _children(supervisor, None, None)
-    supervisor._status_path(1).unlink()  # child 1 never wrote its status
-    assert supervisor.liveness()[0] is False
+    supervisor._status_path(1).unlink()  # child 1 has not written its status yet
+    assert supervisor.liveness()[0] is True  # starting (torch, the model): a grace of 60 s
+    clock.advance(61.0)
+    _report(supervisor, 0, model_loaded=True)
+    assert supervisor.liveness()[0] is False  # still nothing from child 1: stalled
     _children(supervisor, None, 0)
     supervisor.children[1].done = True  # exited 0 (--exit-when-idle-s) and removed its status
     assert supervisor.liveness() == (True, {"workers": 2, "workers_alive": 2, "oldest_status_s": 0.0})
