@@ -160,17 +160,25 @@ class ConsumerLoop:
         self._last_records_at = time.monotonic()
 
     def idle_s(self) -> float:
-        """Seconds since the last batch that held records, counted only while partitions are held.
+        """Seconds since the last batch that held records, counted only while partitions are held
+        (``holds_partitions``).
 
         The clock stays at zero until the group has handed this member partitions (joining, or an
         assignment left empty because the topic's metadata was not visible yet, can take longer than
         the idle limit on a loaded machine); otherwise a batch-style run could exit before it began.
         """
         now = time.monotonic()
-        if not self.consumer.assignment():
+        if not self.holds_partitions():
             self._last_records_at = now
             return 0.0
         return now - self._last_records_at
+
+    def holds_partitions(self) -> bool:
+        """Partitions assigned by a completed join. kafka-python keeps a revoked assignment in
+        ``assignment()`` until the next join completes, so a member stranded mid-rebalance would
+        otherwise look like one that holds partitions and has nothing to read (and an idle-exit run
+        would stop early, leaving its partitions unread)."""
+        return self.membership.waiting_s() == 0.0 and bool(self.consumer.assignment())
 
 
 def dead_letter_id(topic: str, partition: int, offset: int) -> str:

@@ -106,7 +106,7 @@ class ScoringWorker(ConsumerLoop):
             redis_ok = bool(self.stores.client.ping())
         except redis.RedisError:
             redis_ok = False
-        checks = {"partitions_assigned": bool(self.consumer.assignment()), "model_loaded": self.watcher.model is not None,
+        checks = {"partitions_assigned": self.holds_partitions(), "model_loaded": self.watcher.model is not None,
                   "delivering": self._loop_backoff.failures == 0, "redis_reachable": redis_ok,
                   "redis_writing": self.state.backoff.failures == 0}
         return checks["partitions_assigned"] and checks["model_loaded"] and checks["delivering"], checks

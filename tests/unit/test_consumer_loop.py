@@ -117,8 +117,16 @@ def test_the_idle_clock_runs_only_while_partitions_are_held() -> None:
     time.sleep(0.2)
     assert loop.idle_s() == 0.0  # still joining: never idle, and the clock restarts
     consumer.assigned = {TopicPartition("events", 0)}
+    loop.membership.on_partitions_assigned(consumer.assigned)
     time.sleep(0.05)
     assert 0.05 <= loop.idle_s() < 0.2
+    # Revoked for a rebalance: kafka-python keeps the old assignment until the next join completes,
+    # and a member stranded there must not count as idle (an idle-exit run would stop unread).
+    loop.membership.on_partitions_revoked(consumer.assigned)
+    assert loop.idle_s() == 0.0 and not loop.holds_partitions()
+    loop.membership.on_partitions_assigned(consumer.assigned)
+    time.sleep(0.05)
+    assert 0.05 <= loop.idle_s() < 0.2 and loop.holds_partitions()
 
 
 def test_only_a_join_stalled_past_the_limit_replaces_the_consumer() -> None:
