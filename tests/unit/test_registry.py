@@ -4,21 +4,9 @@ promotion Lua script, checksums read back from Redis, pruning) and runs against 
 tests/integration/test_registry.py."""
 from __future__ import annotations
 
-import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from protoguard.trainer.registry import ModelRegistry
-
-
-@pytest.fixture
-def offline() -> redis.Redis:
-    """A client for a port nothing listens on: any command it actually sent would fail."""
-    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    with pytest.raises(redis.ConnectionError):
-        client.ping()
-    return client
 
 
 def test_a_registry_is_built_without_redis_and_keeps_to_its_prefix_and_name(offline: redis.Redis) -> None:

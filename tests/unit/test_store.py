@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from protoguard.trainer.store import (
     FeatureStore,
@@ -18,15 +16,6 @@ from protoguard.trainer.store import (
     pack_rows,
     unpack_rows,
 )
-
-
-@pytest.fixture
-def offline() -> redis.Redis:
-    """A client for a port nothing listens on: any command it actually sent would fail."""
-    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    with pytest.raises(redis.ConnectionError):
-        client.ping()
-    return client
 
 
 # ---------------------------------------------------------------- rows: event_id NUL float32 bytes
