@@ -114,8 +114,15 @@ class Checkpoint:
             self.error = self.error or exc
         return [f for f in self.futures if not (f.is_done and f.succeeded())]
 
-    def commit(self) -> CommitResult:
-        """Commit the batch's offsets if every send was acknowledged; otherwise rewind to its start."""
+    def commit(self, *, rebalancing: bool = False) -> CommitResult:
+        """Commit the batch's offsets if every send was acknowledged; otherwise rewind to its start.
+
+        ``rebalancing``: the group took this member's partitions back while the batch was polled and
+        no new assignment has come. The sends are still flushed (the outputs are delivered), but no
+        commit is attempted: kafka-python refuses it anyway, and a commit issued in the middle of its
+        join has left members out of the group for good (``stream.join_stall_s``). The partitions'
+        next owner resumes from the last commit; repeated alerts carry the same ``alert_id``.
+        """
         failed = self.unacknowledged()
         if failed or self.error is not None:
             cause = self.error or (failed[0].exception if failed else None)
@@ -125,6 +132,9 @@ class Checkpoint:
             return CommitResult.UNACKNOWLEDGED
         if not self.offsets:
             return CommitResult.COMMITTED
+        if rebalancing:
+            log.info("the group is rebalancing: batch delivered, offsets left to the partitions' next owner")
+            return CommitResult.REBALANCED
         try:
             self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in self.offsets.items()})
         except REBALANCE_ERRORS as exc:

@@ -83,6 +83,10 @@ class GroupMembership(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
+#: a pending join whose empty polls busy-loop this long is stranded (see ``note_empty_poll``)
+_SPIN_LIMIT_S = 3.0
+
+
 class ConsumerLoop:
     """Stop flag, signal handlers, idle clock, membership and shutdown for a class owning
     ``consumer`` and ``producer``."""
@@ -98,6 +102,7 @@ class ConsumerLoop:
         self.consumer_factory = consumer_factory
         self.join_stall_s = join_stall_s
         self.n_consumer_restarts = 0
+        self._spinning_since: float | None = None
         self._listen_to_membership()
 
     def _listen_to_membership(self) -> None:
@@ -105,6 +110,25 @@ class ConsumerLoop:
         if topics:  # subscribe again with the counting listener (same topics; before the first poll)
             self.consumer.unsubscribe()
             self.consumer.subscribe(topics, listener=self.membership)
+
+    def note_empty_poll(self, wall_s: float, cpu_s: float) -> None:
+        """Feed the stall check with an empty poll's wall time and the process CPU it used.
+
+        A member waiting for a join normally blocks in ``poll`` at almost no CPU. kafka-python's
+        stranded member instead busy-loops inside ``poll`` for its whole timeout (a core at 100 %).
+        Polls like that for ``_SPIN_LIMIT_S`` while a join is pending are a stall at once, without
+        waiting for ``join_stall_s``.
+        """
+        if self.membership.waiting_s() > 0 and wall_s >= 0.1 and cpu_s >= 0.5 * wall_s:
+            if self._spinning_since is None:
+                self._spinning_since = time.monotonic()
+        else:
+            self._spinning_since = None
+
+    def _stalled(self) -> bool:
+        if self.membership.waiting_s() >= self.join_stall_s:
+            return True
+        return self._spinning_since is not None and time.monotonic() - self._spinning_since >= _SPIN_LIMIT_S
 
     def restart_consumer_if_stalled(self) -> bool:
         """Replace a consumer whose group join has not completed for ``join_stall_s``.
@@ -116,11 +140,12 @@ class ConsumerLoop:
         that is merely idle, or settled with no partition (more members than partitions), has
         completed its join and is never restarted. Returns True when the consumer was replaced.
         """
-        if self.consumer_factory is None or self.membership.waiting_s() < self.join_stall_s:
+        if self.consumer_factory is None or not self._stalled():
             return False
         log.warning("no completed group join for %.0f s (assignment %s): replacing the consumer",
                     self.membership.waiting_s(), sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment()))
         self.membership.restart_wait()  # success or not, the next attempt is a whole stall limit away
+        self._spinning_since = None
         try:  # the new one first: with the broker away the factory fails, and the old consumer stays
             replacement = self.consumer_factory()
         except Exception as exc:  # noqa: BLE001 - any failure to build leaves the loop running as it was

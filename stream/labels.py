@@ -140,7 +140,7 @@ class LabelWorker(ConsumerLoop):
                              error_class=r.error_class, message=r.message)
         # The label store write is idempotent, so a batch whose commit does not happen (dead letters
         # not acknowledged: rewound; a rebalance: re-delivered to the new owner) is simply applied again.
-        outcome.result = checkpoint.commit()
+        outcome.result = checkpoint.commit(rebalancing=self.membership.waiting_s() > 0)
         outcome.n_dead, outcome.offsets = len(rejects), checkpoint.offsets
         if outcome.n_new or outcome.n_replaced or rejects:
             log.info("labels: %d new, %d replaced, %d duplicates, %d dead-lettered", outcome.n_new,

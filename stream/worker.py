@@ -218,8 +218,11 @@ class ScoringWorker(ConsumerLoop):
         policy = self.policy
         timeout_ms, started = policy.idle_poll_ms, 0.0
         while True:
+            wall, cpu = time.monotonic(), time.process_time()
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=policy.max_batch - len(records))
             if not polled:
+                if not records:
+                    self.note_empty_poll(time.monotonic() - wall, time.process_time() - cpu)
                 return records
             if not records:
                 started = time.monotonic()
@@ -258,11 +261,14 @@ class ScoringWorker(ConsumerLoop):
                             headers=[version_header, ("event_id", alert.event_id.encode())])
         self._send_dead_letters(checkpoint, records, decoded)
         outcome.state_queued = self._write_state(decoded)
-        outcome.result = result = checkpoint.commit()
+        outcome.result = result = checkpoint.commit(rebalancing=self.membership.waiting_s() > 0)
         self.metrics.commits.labels(result=result.value).inc()
-        if result is CommitResult.COMMITTED:
+        if result in (CommitResult.COMMITTED, CommitResult.REBALANCED):  # scored and delivered either way
             self._loop_backoff.succeeded()
+            # Counted as work done: a batch whose offsets were left to the next owner may be scored
+            # again there, and is counted again (the outcome below counts committed batches only).
             self._record_metrics(checkpoint, records, decoded, len(alerts), time.monotonic() - started)
+        if result is CommitResult.COMMITTED:
             outcome.n_scored, outcome.n_dead, outcome.n_alerts = len(decoded), len(decoded.rejects), len(alerts)
             outcome.offsets = checkpoint.offsets
         elif result in (CommitResult.UNACKNOWLEDGED, CommitResult.COMMIT_FAILED):

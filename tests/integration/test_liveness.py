@@ -123,7 +123,9 @@ def test_idle_scorer_uses_under_three_percent_of_a_core(pipeline: Pipeline, tmp_
     scorer = pipeline.start_scorer(idle_exit_s=None, log=tmp_path / "scorer.log")
     X, _ = synthetic_traffic(500, seed=14)
     pipeline.produce(X)
-    pipeline.wait_scored(len(X))
+    # Committed, not just scored: a member kafka-python strands in its first rebalance busy-loops
+    # until the stall check replaces its consumer (seconds); the claim is about a settled idle scorer.
+    pipeline.wait_until(lambda: pipeline.committed() >= len(X), 120, "every event committed")
     time.sleep(3)  # settle into the idle loop
     before = _cpu_seconds(scorer.pid)
     window = 15.0
