@@ -64,6 +64,9 @@ RESULT_COLUMNS = (
     "fit_s", "score_s", "n_train", "n_labelled", "error",
 )
 
+_PRODUCT_BUDGET: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "max_epochs": 30,
+                                   "pretrain_max_epochs": 30, "patience": 5, "n_members": 3}
+
 #: MNP settings per method name (all take ``random_state`` and ``device`` on top).
 _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp": {"variant": "fixed", "validation": "frugal", "n_members": 3},
@@ -73,6 +76,14 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-noweight": {"variant": "fixed", "validation": "frugal", "weighting": False},
     "mnp-k1": {"variant": "fixed", "validation": "frugal", "n_prototypes": 1},
     "mnp-noweight-m3": {"variant": "fixed", "validation": "frugal", "weighting": False, "n_members": 3},
+    # Issue 12 development candidates, all on the product's budget (PRODUCT_MNP_PARAMS before the
+    # issue: 30 joint / 30 pretraining epochs, patience 5, 3 members); decision record in
+    # benchmarks/results/dev/issue12_decision.md.
+    "mnp-v0": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout"},
+    "mnp-c1": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "holdout"},
+    "mnp-c2": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "fixed", "tail_average": 0.5},
+    "mnp-c3": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "fixed", "tail_average": 0.5,
+               "scorer_features": True},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

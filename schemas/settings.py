@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -153,12 +153,24 @@ class TrainerSettings(_Section):
     threshold_mode: Literal["alert_budget", "precision_target"] = "alert_budget"
     precision_target: float = Field(default=0.8, gt=0, le=1)
     warm_start: bool = True
-    #: MNP's likelihood weighting of the unlabelled pool (off only for ablations)
-    weighting: bool = True
+    #: MNP's likelihood weighting of the unlabelled pool (trainer/detectors/mnp_weighting.py):
+    #: "adaptive" sets its strength from the data, "spec" is the paper code's mild form, "off" is for
+    #: ablations; true / false (the old boolean form) mean "adaptive" / "off"
+    weighting: Literal["adaptive", "spec", "off"] = "adaptive"
     #: independent MNP fits per model, scores averaged: each costs one fit and one forward pass more;
     #: 3 gained AUC-PR on the benchmark's validation part over 1 (benchmarks/results/dev)
     n_members: int = Field(default=3, ge=1, le=10)
     random_state: int | None = None
+
+    @field_validator("weighting", mode="before")
+    @classmethod
+    def _weighting_from_bool(cls, value: Any) -> Any:
+        """Configs written when the setting was a switch: on meant "use the product's weighting"."""
+        if isinstance(value, bool):
+            return "adaptive" if value else "off"
+        if isinstance(value, str) and value.lower() in ("true", "false"):  # environment variables
+            return "adaptive" if value.lower() == "true" else "off"
+        return value
 
 
 class StackSettings(_Section):

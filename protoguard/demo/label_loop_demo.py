@@ -66,13 +66,15 @@ class DemoOptions:
     n_eval: int = 4000
     contamination: float | None = None
     no_weighting: bool = False
+    #: MNP's likelihood weighting (trainer/detectors/mnp_weighting.py); --no-weighting means "off"
+    weighting_rule: str = "adaptive"
     report: Path = Path("demo-report")
     seed: int = 0
     keep_stack: bool = False
 
     @property
-    def weighting(self) -> bool:
-        return not self.no_weighting
+    def weighting(self) -> str:
+        return "off" if self.no_weighting else self.weighting_rule
 
 
 def run_demo(options: DemoOptions, settings: Settings) -> int:
@@ -262,7 +264,7 @@ def _evaluate(registry: ModelRegistry, reservoir: TrafficReservoir, rounds: Demo
     contamination = "natural" if options.contamination is None else f"{options.contamination:.0%}"
     report = DemoReport(
         title=f"protoguard demo: label loop on UNSW-NB15 (seed {options.seed}, "
-              f"weighting {'on' if options.weighting else 'off'})",
+              f"weighting {options.weighting})",
         settings={"seed": options.seed, "contamination": contamination, "likelihood weighting": options.weighting,
                   "first sample rows / labelled attacks": f"{len(seg.X_train)} / {n_labelled}",
                   "rounds x events": f"{options.rounds} x {options.events_per_round}",

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
@@ -20,14 +19,9 @@ from typing import Any, Literal, Self
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import roc_auc_score, silhouette_score
-from torch import nn
 
 from ...schemas.errors import ConfigError, ModelIntegrityError
 from ...schemas.manifest import ModelManifest, ScalerStats
-from ..evaluation import auc_pr_trapz
 from .base import (
     BaseDetector,
     FloatMatrix,
@@ -37,22 +31,18 @@ from .base import (
     tensors_from_bytes,
     tensors_to_bytes,
 )
-from .mnp_losses import dwa_combine, likelihood_weights, prototype_loss, reconstruction_loss, score_loss
-from .mnp_network import DAELayer, MNPNetwork, hidden_width
+from .mnp_network import MNPNetwork
+from .mnp_prototypes import choose_prototypes, normal_embeddings
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
-from .params import check_params, int_at_least, one_of, optional, real_in
+from .mnp_training import JointStopping, TrainingConfig, forward_scores, pretrain, train_joint
+from .mnp_weighting import LikelihoodRule, Weighting, normalise_weighting
+from .params import Rule, boolean, check_params, int_at_least, one_of, optional, real_in
 
 __all__ = ["MNPDetector", "MNPExplanation", "MNPValidation", "MNPVariant"]
 
 MNPVariant = Literal["faithful", "fixed"]
 MNPValidation = Literal["reference", "frugal", "fixed_epochs"]
 
-# Std of the Gaussian corruption of each DAE layer's input (spec section 4).
-_DAE_NOISE_STD = 0.05
-# Minimum improvement that resets early-stopping patience, both stages (spec 4 and 6.8).
-_ES_MIN_DELTA = 1e-4
-# MultiStepLR of the reference: lr x 0.4 after epoch 200 (never reached with the default 200 epochs).
-_LR_MILESTONE, _LR_GAMMA = 200, 0.4
 # Rows per forward pass when scoring: bounds memory on big batches (the stacked pass holds two or
 # three (members, rows, D) float32 temporaries of 150 MB each at 3 members x 65,536 rows x 193
 # features), and is larger than any scorer micro-batch, so the hot path is a single forward.
@@ -64,26 +54,15 @@ _SCORE_CHUNK_ROWS = 65_536
 # one 16,384-row forward ~55-60k rows/s, 256-1,024-row blocks ~95-105k rows/s; the ~30 small ops a
 # block dispatches cost a few % of its compute. A GPU pays per launch instead, so it gets one pass.
 _CPU_BLOCK_FLOATS = 1 << 18
-# Frugal mode (spec Q5 resolution): shares of the data held out / dropped / subsampled.
+# Frugal mode (spec Q5 resolution): shares of the data held out.
 _FRUGAL_ANOMALY_HOLDOUT = 0.2
 _FRUGAL_UNLABELLED_HOLDOUT = 0.1
 _FRUGAL_MAX_UNLABELLED_HOLDOUT = 5_000
 _FRUGAL_MIN_UNLABELLED_FOR_HOLDOUT = 50
-_FRUGAL_DROP_TOP_RECONSTRUCTION = 0.05
-# Frugal joint stage: "holdout" early-stops on held-out labelled anomalies, "epochs" trains a fixed
-# number of epochs (at most _FRUGAL_EPOCHS) on all labelled anomalies. "holdout" is the default (it
-# beat 25 and 50 fixed epochs; compared on test-part scores: benchmarks/results/mnp_frugal_diagnosis.md
-# section 2). With fewer than 2 labelled anomalies nothing can be held out and the fixed count applies
-# whatever the strategy.
-# resolution (spec Q5 says "a fixed 50-100 epochs"; this uses fewer): 20 epochs. With labelled validation
-# the reference protocol's best epochs are 1-36 (median about 3, benchmarks/results/mnp_faithfulness.md),
-# so 50-200 epochs overtrain the scorer on a lone labelled anomaly.
-# 20 epochs: see benchmarks/results/mnp_frugal_diagnosis.md (chosen on test-part scores of the four
-# 1-label datasets; their benchmark rows are not tuning-free).
-_FRUGAL_STOPPING = "holdout"
+# joint_stopping="holdout" with fewer than 2 labelled anomalies: nothing can be held out, so a fixed
+# count applies (resolution of spec Q5, which says "a fixed 50-100 epochs"). Its history, and why
+# the number is not tuning-free, is in benchmarks/results/mnp_frugal_diagnosis.md section 2.
 _FRUGAL_EPOCHS = 20
-_KMEANS_MAX_ROWS = 10_000
-_SILHOUETTE_K_RANGE = range(2, 11)
 
 
 @dataclass(frozen=True)
@@ -100,30 +79,6 @@ class MNPExplanation:
     reconstruction_error: npt.NDArray[np.float32]
     top_features: npt.NDArray[np.int64]
     top_contributions: npt.NDArray[np.float32]
-
-
-class _EarlyStopping:
-    """Patience counter on a loss-like value (lower is better) that snapshots the best state."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.best = math.inf
-        self.best_epoch = -1
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.n_bad = 0
-
-    def step(self, value: float, module: nn.Module, epoch: int) -> bool:
-        """Record ``value``; True when patience is exhausted."""
-        if value < self.best - _ES_MIN_DELTA:
-            self.best, self.best_epoch, self.n_bad = value, epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            return False
-        self.n_bad += 1
-        return self.n_bad >= self.patience
-
-    def restore(self, module: nn.Module) -> None:
-        if self.best_state is not None:
-            module.load_state_dict(self.best_state)
 
 
 def _non_finite_error(name: str) -> ConfigError:
@@ -146,17 +101,31 @@ def _as_matrix(X: Any, name: str, n_features: int | None = None, *, check_finite
     return arr
 
 
+def _accepts_weighting(value: Any) -> bool:
+    try:
+        normalise_weighting(value)
+    except ValueError:
+        return False
+    return True
+
+
+# The params check of ``weighting``: the three names, or the old boolean form.
+_WEIGHTING_RULE = Rule(_accepts_weighting, "'adaptive', 'spec' or 'off' (or a bool: True = 'spec', False = 'off')")
+
+
+def _saved_rules(summary: dict[str, Any], n_members: int, weighting: Any, beta: float) -> list[LikelihoodRule]:
+    """Each member's likelihood rule from a manifest's training summary; manifests written before
+    the rules were recorded get the rule their ``weighting`` parameter meant then (spec or none)."""
+    saved = [m.get("likelihood_rule") for m in summary.get("members", [])] or [summary.get("likelihood_rule")]
+    if len(saved) == n_members and all(isinstance(r, dict) for r in saved):
+        return [LikelihoodRule.from_dict(r) for r in saved]
+    kind = normalise_weighting(weighting)
+    return [LikelihoodRule(kind="spec" if kind == "adaptive" else kind, beta=beta)] * n_members
+
+
 def _member_key(index: int, name: str) -> str:
     """Safetensors key of one member's tensor: member 0 keeps the plain name."""
     return name if index == 0 else f"member{index}.{name}"
-
-
-def _validation_error(y: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]) -> tuple[float, bool]:
-    """(1 - AUC-PR) + (1 - AUC-ROC) as the reference's early stopping; (value, scores_are_nan)."""
-    if not np.all(np.isfinite(scores)):
-        # The reference sets AUC-ROC to 0 on NaN scores and stops (spec 6.8).
-        return 2.0, True
-    return (1.0 - auc_pr_trapz(y, scores)) + (1.0 - float(roc_auc_score(y, scores))), False
 
 
 class MNPDetector(BaseDetector):
@@ -176,10 +145,24 @@ class MNPDetector(BaseDetector):
         the likelihood weights, the DEC target and the DWA coefficients, averages the DEC KL per
         row instead of summing it over the batch, weights the score loss, pretrains on full batches, runs k-means on normalised embeddings and always restores the
         best early-stopping checkpoint.
-    weighting : bool
-        False sets every likelihood weight to 1 (ablation).
+    weighting : {"adaptive", "spec", "off"}
+        How unlabelled rows are down-weighted by their likelihood of being normal
+        (:mod:`.mnp_weighting`): "adaptive" sets the strength from the data each epoch (a
+        contamination estimate from the labelled anomalies' s_max, then a quantile threshold and a
+        temperature); "spec" is the spec's sigmoid(beta * s_max) (a 1.33x range at most); "off"
+        sets every weight to 1 (ablation). True / False (the old form) mean "spec" / "off".
     beta : float
-        Slope of the likelihood sigmoid sigmoid(beta * s_max).
+        Slope of the spec's likelihood sigmoid sigmoid(beta * s_max) (``weighting="spec"`` only).
+    joint_stopping : {"holdout", "fixed"}
+        Label-frugal joint stage: "holdout" early-stops on held-out unlabelled rows plus 20 % of
+        the labelled anomalies (a fixed 20 epochs below 2 labelled anomalies); "fixed" trains
+        ``max_epochs`` on every labelled anomaly and ends on the average of the last
+        ``tail_average`` share of epochs. Ignored by ``validation="reference"``.
+    tail_average : float in [0, 1]
+        Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
+    scorer_features : bool
+        Also give the scoring network the scaled raw features (a departure from the spec's
+        10-input scorer; :class:`.mnp_network.MNPNetwork`).
     validation : {"reference", "frugal", "fixed_epochs"}
         "reference" uses a labelled ``X_val``/``y_val`` as the paper's code does; "frugal" needs no
         labels beyond ``y`` (spec Q5 resolution); "fixed_epochs" trains the full budget.
@@ -225,8 +208,9 @@ class MNPDetector(BaseDetector):
     detector_kind = "mnp"
 
     def __init__(
-        self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed", weighting: bool = True,
-        beta: float = 1.0, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
+        self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed",
+        weighting: Weighting | bool = "adaptive", beta: float = 1.0, joint_stopping: JointStopping = "holdout",
+        tail_average: float = 0.5, scorer_features: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
@@ -236,6 +220,9 @@ class MNPDetector(BaseDetector):
         self.variant = variant
         self.weighting = weighting
         self.beta = beta
+        self.joint_stopping = joint_stopping
+        self.tail_average = tail_average
+        self.scorer_features = scorer_features
         self.n_emb = n_emb
         self.batch_size = batch_size
         self.n_labelled_per_batch = n_labelled_per_batch
@@ -259,6 +246,8 @@ class MNPDetector(BaseDetector):
         check_params(self, {
             "n_prototypes": optional(int_at_least(1)), "variant": one_of("faithful", "fixed"),
             "validation": one_of("reference", "frugal", "fixed_epochs"),
+            "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("holdout", "fixed"),
+            "tail_average": real_in(0, 1), "scorer_features": boolean(),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
                              "n_members"), int_at_least(1)),
             **dict.fromkeys(("max_epochs", "pretrain_max_epochs"), int_at_least(0)),
@@ -300,8 +289,9 @@ class MNPDetector(BaseDetector):
             raise ConfigError("validation='reference' needs X_val and y_val; pass them or use validation='frugal'.")
         if warm_start is not None:
             check_is_fitted(warm_start, "network_")
-            if warm_start.n_features_in_ != X.shape[1] or warm_start.n_emb != self.n_emb:
-                raise ConfigError("warm_start must be fitted on the same features with the same n_emb.")
+            if (warm_start.n_features_in_ != X.shape[1] or warm_start.n_emb != self.n_emb
+                    or warm_start.network_.scorer_features != self.scorer_features):
+                raise ConfigError("warm_start must be fitted on the same features with the same n_emb and scorer_features.")
         names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(X.shape[1])]
         if len(names) != X.shape[1]:
             raise ConfigError(f"feature_names has {len(names)} names for {X.shape[1]} features.")
@@ -359,9 +349,11 @@ class MNPDetector(BaseDetector):
             histories.append(self.history_)
         summary = summaries[0]
         if self.n_members > 1:
-            summary["members"] = [{k: m.get(k) for k in ("epochs", "stop_reason", "best_epoch", "best_val_error", "pretrain_epochs")}
+            summary["members"] = [{k: m.get(k) for k in ("epochs", "stop_reason", "best_epoch", "best_val_error", "pretrain_epochs",
+                                                       "likelihood_rule")}
                                   for m in summaries]
         self.history_ = histories[0]
+        self.likelihood_rules_ = [LikelihoodRule.from_dict(m["likelihood_rule"]) for m in summaries]
         self._set_members(members)
         self.training_summary_ = summary
 
@@ -372,6 +364,7 @@ class MNPDetector(BaseDetector):
         """One whole MNP fit on scaled rows: hold-outs, pretraining, prototypes, joint training."""
         faithful = self.variant == "faithful"
         n_features = anomalies.shape[1]
+        holdout = self.joint_stopping == "holdout"
         es_X = es_y = pre_val = None
         if val is not None:
             es_X, es_y = val
@@ -383,7 +376,7 @@ class MNPDetector(BaseDetector):
                 n_hold = min(math.ceil(_FRUGAL_UNLABELLED_HOLDOUT * len(unlabelled)), _FRUGAL_MAX_UNLABELLED_HOLDOUT)
                 perm = rng.permutation(len(unlabelled))
                 pre_val, unlabelled = unlabelled[perm[:n_hold]], unlabelled[perm[n_hold:]]
-                if _FRUGAL_STOPPING == "holdout" and len(anomalies) >= 2:
+                if holdout and len(anomalies) >= 2:
                     # ... and 20 % of the labelled anomalies with them early-stop the joint stage
                     # (spec: fewer than 2 labelled anomalies -> fixed epochs).
                     n_hold_a = max(1, round(_FRUGAL_ANOMALY_HOLDOUT * len(anomalies)))
@@ -399,25 +392,41 @@ class MNPDetector(BaseDetector):
             "n_unlabelled": int(len(unlabelled)), "n_confirmed_normal": int(len(normals)),
             "early_stopping": es_X is not None, "warm_start": warm_start is not None,
         }
+        config = self._training_config()
         pre_val_t = None if pre_val is None else torch.from_numpy(pre_val).to(device)
         if warm_start is not None:
             net = copy.deepcopy(warm_start).to(device)
         else:
-            net, summary["pretrain_epochs"] = self._pretrain(pool_t, pre_val_t, n_features, rng, device, faithful)
-            centres, summary["silhouette"] = self._init_prototypes(net, pool, pool_t, pre_val, seed, faithful, n_prototypes)
-            fresh = MNPNetwork(n_features, self.n_emb, int(len(centres))).to(device)
-            fresh.encoder.load_state_dict(net.encoder.state_dict())
-            fresh.decoder.load_state_dict(net.decoder.state_dict())
+            ae, summary["pretrain_epochs"] = pretrain(config, pool_t, pre_val_t, n_features, self.n_emb, rng)
+            reference_normals = pre_val_t if self.validation == "reference" else None
+            Z = normal_embeddings(ae, pool_t, reference_normals, seed, normalise=not faithful)
+            centres, summary["silhouette"] = choose_prototypes(Z, n_prototypes, seed)
+            net = MNPNetwork(n_features, self.n_emb, int(len(centres)), scorer_features=self.scorer_features).to(device)
+            net.encoder.load_state_dict(ae.encoder.state_dict())
+            net.decoder.load_state_dict(ae.decoder.state_dict())
             with torch.no_grad():
-                fresh.prototypes.copy_(torch.from_numpy(centres))
-            net = fresh
-        n_epochs = self.max_epochs
-        if self.validation == "frugal" and es_X is None:
-            n_epochs = min(self.max_epochs, _FRUGAL_EPOCHS)
-        summary.update(self._train(net, torch.from_numpy(anomalies).to(device), pool_t,
-                                   torch.from_numpy(confirmed).to(device), es_X, es_y, rng, faithful, n_epochs))
+                net.prototypes.copy_(torch.from_numpy(centres))
+        if val is None and self.validation == "frugal" and holdout and es_X is None:
+            n_epochs, stopping = min(self.max_epochs, _FRUGAL_EPOCHS), "holdout"
+        elif val is not None or self.validation == "fixed_epochs":
+            n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where es_X exists
+        else:
+            n_epochs, stopping = self.max_epochs, self.joint_stopping
+        joint, self.history_, rule = train_joint(config, net, torch.from_numpy(anomalies).to(device), pool_t,
+                                                 torch.from_numpy(confirmed).to(device), es_X, es_y, rng, n_epochs,
+                                                 stopping)
+        summary.update(joint)
         summary["n_prototypes"] = int(net.prototypes.shape[0])
         return net, summary
+
+    def _training_config(self) -> TrainingConfig:
+        return TrainingConfig(
+            faithful=self.variant == "faithful", weighting=normalise_weighting(self.weighting), beta=self.beta,
+            batch_size=self.batch_size, n_labelled_per_batch=self.n_labelled_per_batch,
+            n_batches_per_epoch=self.n_batches_per_epoch, pretrain_max_epochs=self.pretrain_max_epochs,
+            patience=self.patience, lr=self.lr, weight_decay=self.weight_decay, margin=self.margin,
+            lambda_kl=self.lambda_kl, dwa_temperature=self.dwa_temperature, tail_average=self.tail_average,
+        )
 
     def _set_members(self, members: list[MNPNetwork]) -> None:
         self.members_ = members
@@ -431,192 +440,7 @@ class MNPDetector(BaseDetector):
     def _transform(self, X: FloatMatrix) -> FloatMatrix:
         return ((X - self.scaler_min_) / self.scaler_scale_).astype(np.float32, copy=False)
 
-    def _adam(self, params: Any) -> torch.optim.Adam:
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-
-    # ------------------------------------------------------------------ stage 1: DAE pretraining
-    def _fit_reconstruction(self, module: nn.Module, forward: Any, inputs: torch.Tensor, targets: torch.Tensor,
-                            val: torch.Tensor | None, rng: np.random.Generator, faithful: bool) -> int:
-        """MSE training of one pretraining stage with early stopping on ``val``; returns epochs run."""
-        # resolution (spec Q1): the reference trains each step on the *last 8* of its 136-row batch, i.e.
-        # n_labelled_per_batch random unlabelled rows; "fixed" uses the intended batch_size rows.
-        n_rows = min(self.n_labelled_per_batch if faithful else self.batch_size, len(inputs))
-        opt = self._adam(module.parameters())
-        stopper = _EarlyStopping(self.patience)
-        epoch = 0
-        for epoch in range(1, self.pretrain_max_epochs + 1):
-            module.train()
-            for _ in range(self.n_batches_per_epoch):
-                idx = torch.from_numpy(rng.choice(len(inputs), n_rows, replace=False)).to(inputs.device)
-                loss = nn.functional.mse_loss(forward(inputs[idx]), targets[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            if val is None:
-                continue
-            with torch.inference_mode():
-                # resolution: the validation MSE is measured on clean (not noised) inputs.
-                val_loss = float(nn.functional.mse_loss(forward(val), val))
-            if stopper.step(val_loss, module, epoch):
-                stopper.restore(module)
-                return epoch
-        if not faithful and val is not None:  # Q7 fix: keep the best checkpoint, not the last
-            stopper.restore(module)
-        return epoch
-
-    def _pretrain(self, pool: torch.Tensor, val: torch.Tensor | None, n_features: int, rng: np.random.Generator,
-                  device: torch.device, faithful: bool) -> tuple[MNPNetwork, list[int]]:
-        widths = [n_features, hidden_width(n_features, self.n_emb), self.n_emb]
-        layers: list[DAELayer] = []
-        epochs: list[int] = []
-        current, current_val = pool, val
-        for n_in, n_out in zip(widths[:-1], widths[1:]):
-            layer = DAELayer(n_in, n_out).to(device)
-            noisy = current + _DAE_NOISE_STD * torch.randn(current.shape, device=device)  # drawn once per layer
-            epochs.append(self._fit_reconstruction(layer, layer, noisy, current, current_val, rng, faithful))
-            with torch.no_grad():
-                current = layer.enc(current)
-                current_val = None if current_val is None else layer.enc(current_val)
-            layers.append(layer)
-        net = MNPNetwork(n_features, self.n_emb, 1).to(device)
-        net.load_stacked_dae(layers)
-        epochs.append(self._fit_reconstruction(net, net.reconstruct, pool, pool, val, rng, faithful))
-        return net, epochs
-
-    # ------------------------------------------------------------------ stage 2: prototypes
-    def _init_prototypes(self, net: MNPNetwork, pool: FloatMatrix, pool_t: torch.Tensor, pre_val: FloatMatrix | None,
-                         seed: int, faithful: bool, n_prototypes: int | None) -> tuple[npt.NDArray[np.float32], dict[str, float]]:
-        net.eval()
-        with torch.inference_mode():
-            if self.validation == "reference":
-                assert pre_val is not None
-                z = net.encoder(torch.from_numpy(pre_val).to(pool_t.device))
-            else:
-                # resolution (spec Q5): embeddings of the unlabelled pool minus its 5 % worst-reconstructed
-                # rows (likely anomalies), subsampled to 10k rows for both k-means and silhouette (cost).
-                z_all = net.encoder(pool_t)
-                err = ((net.decoder(z_all) - pool_t) ** 2).mean(1)
-                keep = err <= torch.quantile(err, 1.0 - _FRUGAL_DROP_TOP_RECONSTRUCTION) if len(pool) > 20 else err == err
-                z = z_all[keep]
-                if len(z) > _KMEANS_MAX_ROWS:
-                    pick = np.random.default_rng(seed).choice(len(z), _KMEANS_MAX_ROWS, replace=False)
-                    z = z[torch.from_numpy(pick).to(z.device)]
-            if not faithful:
-                # resolution (spec Q6 option): the fixed variant clusters where the prototypes live,
-                # on the unit sphere; faithful clusters raw z and normalises afterwards.
-                z = nn.functional.normalize(z, dim=1)
-        Z = z.cpu().numpy().astype(np.float64)
-        if n_prototypes is not None:
-            if n_prototypes > len(Z):
-                raise ConfigError(f"n_prototypes={n_prototypes} exceeds the {len(Z)} rows available to k-means.")
-            return self._kmeans(Z, n_prototypes, seed)[0], {}
-        scores: dict[str, float] = {}
-        best: tuple[float, npt.NDArray[np.float32]] | None = None
-        for k in _SILHOUETTE_K_RANGE:
-            if k >= len(Z):
-                break
-            centres, labels = self._kmeans(Z, k, seed)
-            if len(np.unique(labels)) < 2:
-                continue
-            value = float(silhouette_score(Z, labels))
-            scores[str(k)] = round(value, 5)
-            if best is None or value > best[0]:
-                best = (value, centres)
-        if best is None:
-            return self._kmeans(Z, 1, seed)[0], scores
-        return best[1], scores
-
-    @staticmethod
-    def _kmeans(Z: npt.NDArray[np.float64], k: int, seed: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        with warnings.catch_warnings():
-            # Duplicate embeddings make k-means find fewer distinct clusters; the silhouette loop
-            # skips such K, so the warning carries no extra information.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(Z)  # resolution (Q8): n_init pinned to 10
-        return km.cluster_centers_.astype(np.float32), km.labels_
-
-    # ------------------------------------------------------------------ stage 3: joint training
-    def _train(self, net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor, confirmed: torch.Tensor,
-               es_X: FloatMatrix | None, es_y: npt.NDArray[np.int64] | None, rng: np.random.Generator,
-               faithful: bool, n_epochs: int) -> dict[str, Any]:
-        opt = self._adam(net.parameters())
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[_LR_MILESTONE], gamma=_LR_GAMMA)
-        device = pool.device
-        prev = torch.ones(3, device=device)  # previous-epoch loss means; 1 in the first epoch (spec 6.7)
-        n_u, n_a = min(self.batch_size, len(pool)), self.n_labelled_per_batch
-        has_confirmed = bool(confirmed.any())
-        stopper = _EarlyStopping(self.patience)
-        es_t = None if es_X is None else torch.from_numpy(es_X).to(device)
-        self.history_: list[dict[str, float]] = []
-        stop_reason, epoch = "max_epochs", 0
-        last_good = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        for epoch in range(1, n_epochs + 1):
-            net.train()
-            sums = torch.zeros(4, device=device)
-            for _ in range(self.n_batches_per_epoch):
-                a_idx = torch.from_numpy(rng.integers(0, len(anomalies), n_a)).to(device)
-                u_idx = torch.from_numpy(rng.choice(len(pool), n_u, replace=False)).to(device)
-                out = net(torch.cat([anomalies[a_idx], pool[u_idx]]))
-                omega = likelihood_weights(out.s_max[n_a:], self.beta, fixed_mask=confirmed[u_idx] if has_confirmed else None,
-                                           enabled=self.weighting, detach=not faithful)
-                losses = torch.stack([
-                    reconstruction_loss(out.rec[n_a:], out.rec[:n_a], omega, self.margin),
-                    score_loss(out.score[n_a:], out.score[:n_a], omega, weighted=not faithful),
-                    # resolution (spec Q4, fixed variant): with P detached, the reference's batch *sum*
-                    # makes the DEC term ~128x every other (per-row mean) loss, and DWA, which balances
-                    # loss ratios and not scales, does not undo it: the KL gradient then pulls every
-                    # unlabelled embedding, anomalies included, onto a prototype and s_max stops
-                    # separating anything (AUC-ROC near 0.5: benchmarks/results/mnp_frugal_diagnosis.md).
-                    # The fixed variant averages the KL per row, as the other losses; faithful keeps the sum.
-                    prototype_loss(out.s_max[n_a:], out.s_max[:n_a], out.sim[n_a:], omega,
-                                   lambda_kl=self.lambda_kl, detach_target=not faithful,
-                                   kl_reduction="sum" if faithful else "mean"),
-                ])
-                loss = dwa_combine(losses, prev, self.dwa_temperature, detach=not faithful, stable=not faithful)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += torch.cat([loss.detach()[None], losses.detach()])
-            sched.step()
-            means = (sums / self.n_batches_per_epoch).tolist()
-            prev = torch.tensor(means[1:], device=device)
-            record = {"epoch": epoch, "loss": means[0], "rec": means[1], "score": means[2], "proto": means[3]}
-            self.history_.append(record)
-            if not math.isfinite(means[0]):
-                # resolution: a diverged epoch (e.g. the faithful DWA overflow) never becomes the model:
-                # go back to the best checkpoint, or to the end of the last finite epoch without one.
-                net.load_state_dict(stopper.best_state if stopper.best_state is not None else last_good)
-                stop_reason = "non_finite_loss"
-                break
-            last_good = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            if es_t is None:
-                continue
-            assert es_y is not None
-            value, is_nan = _validation_error(es_y, self._forward_scores(net, es_t))
-            record["val_error"] = value
-            if is_nan or stopper.step(value, net, epoch):
-                stopper.restore(net)
-                stop_reason = "nan_scores" if is_nan else "early_stopping"
-                break
-        else:
-            if es_t is not None and not faithful:  # Q7 fix; faithful keeps the last model
-                stopper.restore(net)
-        last = self.history_[-1] if self.history_ else {}
-        return {
-            "epochs": epoch, "stop_reason": stop_reason, "best_epoch": stopper.best_epoch,
-            "best_val_error": None if stopper.best == math.inf else round(stopper.best, 6),
-            "final_losses": {k: round(float(v), 6) for k, v in last.items() if k != "epoch"},
-        }
-
     # ------------------------------------------------------------------ inference
-    def _forward_scores(self, net: MNPNetwork, X: torch.Tensor) -> npt.NDArray[np.float32]:
-        """One member's scores on scaled rows: the validation of fit, and the per-member reference
-        that ``stacked_`` is tested against."""
-        net.eval()
-        with torch.inference_mode():
-            parts = [net(X[i:i + _SCORE_CHUNK_ROWS]).score for i in range(0, len(X), _SCORE_CHUNK_ROWS)]
-        return torch.cat(parts).float().cpu().numpy() if parts else np.empty(0, np.float32)
-
     def _prepared(self, X: Any) -> torch.Tensor:
         check_is_fitted(self, "network_")
         return torch.from_numpy(self._transform(_as_matrix(X, "X", self.n_features_in_))).to(self.device_)
@@ -678,9 +502,14 @@ class MNPDetector(BaseDetector):
         return scores.astype(np.float32, copy=False)
 
     def likelihood_weights(self, X: Any) -> npt.NDArray[np.float32]:
-        """omega-tilde = sigmoid(beta s_max(x)) per row, before batch renormalisation, averaged over
-        the members (for reports)."""
-        (weights,) = self._run_stacked(X, lambda out: (torch.sigmoid(self.beta * out.s_max).mean(0),))
+        """Each row's raw likelihood-of-normal weight, before batch renormalisation, averaged over
+        the members (for reports): the rule each member ended training with (``weighting``)."""
+        rules = self.likelihood_rules_
+
+        def reduce(out: StackedForward) -> tuple[torch.Tensor, ...]:
+            return (torch.stack([rule.raw(out.s_max[i]) for i, rule in enumerate(rules)]).mean(0),)
+
+        (weights,) = self._run_stacked(X, reduce)
         return weights.astype(np.float32, copy=False)
 
     def embed(self, X: Any) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -744,7 +573,7 @@ class MNPDetector(BaseDetector):
             raise ModelIntegrityError("manifest lacks n_prototypes or a scaler matching its feature names")
         # Manifests written before n_members existed describe one network.
         det.n_members = int(manifest.params.get("n_members", 1))
-        members = [MNPNetwork(n_features, det.n_emb, k) for _ in range(det.n_members)]
+        members = [MNPNetwork(n_features, det.n_emb, k, scorer_features=bool(det.scorer_features)) for _ in range(det.n_members)]
         expected = {_member_key(i, name) for i, net in enumerate(members) for name in net.state_dict()}
         tensors = tensors_from_bytes(weights, manifest, expected=expected)
         if set(tensors) != expected:
@@ -764,5 +593,6 @@ class MNPDetector(BaseDetector):
         det.scaler_min_ = np.asarray(manifest.scaler.offset, np.float32)
         det.scaler_scale_ = np.asarray(manifest.scaler.scale, np.float32)
         det.training_summary_, det.history_ = dict(manifest.training_summary), []
+        det.likelihood_rules_ = _saved_rules(det.training_summary_, det.n_members, det.weighting, det.beta)
         det._set_members([net.to(det.device_).eval() for net in members])
         return det

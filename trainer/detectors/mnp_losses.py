@@ -26,6 +26,7 @@ __all__ = [
     "likelihood_weights",
     "prototype_loss",
     "reconstruction_loss",
+    "renormalised_weights",
     "score_loss",
 ]
 
@@ -58,16 +59,25 @@ def likelihood_weights(
     raw = torch.sigmoid(beta * s_max)
     if detach:
         raw = raw.detach()
+    return renormalised_weights(raw, fixed_mask)
+
+
+def renormalised_weights(raw: torch.Tensor, fixed_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """omega_i = n * raw_i / sum_j raw_j over the free rows; rows in ``fixed_mask`` get exactly 1.
+
+    Shared by every weighting rule (:mod:`.mnp_weighting`): the rule sets the raw weights, this
+    sets their scale, so that each loss term keeps its magnitude whatever the rule.
+    """
     if fixed_mask is None or not bool(fixed_mask.any()):
-        return raw * (raw.numel() / raw.sum())
+        return raw * (raw.numel() / raw.sum().clamp_min(1e-12))
     free = ~fixed_mask
     n_free = int(free.sum())
     if n_free == 0:
-        return torch.ones_like(s_max)
+        return torch.ones_like(raw)
     # resolution: confirmed normals are an extension (spec 13); they get weight 1 and the unconfirmed
     # rows are renormalised to mean 1 among themselves, so the two groups share one scale.
     free_raw = torch.where(free, raw, torch.zeros_like(raw))
-    scaled = free_raw * (n_free / free_raw.sum())
+    scaled = free_raw * (n_free / free_raw.sum().clamp_min(1e-12))
     return torch.where(free, scaled, torch.ones_like(raw))
 
 

@@ -56,12 +56,15 @@ class DAELayer(nn.Module):
 
 
 class ScoringNet(nn.Module):
-    """phi: ``[z_hat ; r ; s_max] -> (0, 1)``, a 2-layer MLP ending in a sigmoid (spec section 3)."""
+    """phi: ``[z_hat ; r ; s_max] -> (0, 1)``, a 2-layer MLP ending in a sigmoid (spec section 3).
 
-    def __init__(self, n_emb: int) -> None:
+    ``n_extra`` widens the input for the scaled raw features (``MNPNetwork(scorer_features=True)``).
+    """
+
+    def __init__(self, n_emb: int, n_extra: int = 0) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(n_emb + 2, SCORER_HIDDEN),
+            nn.Linear(n_emb + 2 + n_extra, SCORER_HIDDEN),
             nn.LeakyReLU(LEAKY_SLOPE),
             nn.Linear(SCORER_HIDDEN, 1),
             nn.Sigmoid(),
@@ -107,10 +110,15 @@ class MNPNetwork(nn.Module):
     ----------
     n_features, n_emb, n_prototypes
         D, H and K of the spec.
+    scorer_features
+        Also feed the scaled raw features x to phi: ``[z_hat ; r ; s_max ; x]``. departure from the
+        spec (section 3), an option: with one or two labelled anomalies the 10-number summary can
+        hide the feature that tells them apart, which a DevNet-style scorer on x still sees.
     """
 
-    def __init__(self, n_features: int, n_emb: int, n_prototypes: int) -> None:
+    def __init__(self, n_features: int, n_emb: int, n_prototypes: int, *, scorer_features: bool = False) -> None:
         super().__init__()
+        self.scorer_features = scorer_features
         h1 = hidden_width(n_features, n_emb)
         self.encoder = nn.Sequential(
             nn.Linear(n_features, h1), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(h1, n_emb), nn.LeakyReLU(LEAKY_SLOPE)
@@ -119,7 +127,7 @@ class MNPNetwork(nn.Module):
             nn.Linear(n_emb, h1), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(h1, n_features), nn.LeakyReLU(LEAKY_SLOPE)
         )
         self.prototypes = nn.Parameter(torch.zeros(n_prototypes, n_emb))
-        self.scorer = ScoringNet(n_emb)
+        self.scorer = ScoringNet(n_emb, n_features if scorer_features else 0)
 
     def load_stacked_dae(self, layers: list[DAELayer]) -> None:
         """Copy the two pretrained DAE layers: E = [enc_1, enc_2], G = [dec_2, dec_1]."""
@@ -142,5 +150,6 @@ class MNPNetwork(nn.Module):
         c_hat = nn.functional.normalize(self.prototypes, dim=1)
         sim = student_t_similarity(z_hat, c_hat)
         s_max = sim.max(1).values
-        score = self.scorer(torch.cat([z_hat, rec[:, None], s_max[:, None]], dim=1))
+        parts = [z_hat, rec[:, None], s_max[:, None], *([x] if self.scorer_features else [])]
+        score = self.scorer(torch.cat(parts, dim=1))
         return MNPForward(z_hat=z_hat, x_hat=x_hat, rec=rec, sim=sim, s_max=s_max, score=score)

@@ -90,6 +90,8 @@ class StackedMNP(nn.Module):
             # The prototypes are fixed at inference: normalise them (and their squared norms) once.
             c_hat = nn.functional.normalize(stack("prototypes"), dim=2)  # (M, K, H)
         self.register_buffer("c_hat", c_hat)
+        # phi reads [z_hat ; r ; s_max], plus the scaled features when the members were built so.
+        self.scorer_features = self.sc1_w.shape[2] > c_hat.shape[2] + 2
         self.register_buffer("c_sq", c_hat.pow(2).sum(2).unsqueeze(1))  # (M, 1, K)
         self.register_buffer("offset", torch.as_tensor(np.asarray(offset, np.float32), device=device))
         self.register_buffer("scale", torch.as_tensor(np.asarray(scale, np.float32), device=device))
@@ -114,7 +116,10 @@ class StackedMNP(nn.Module):
         d2 = (z_hat.pow(2).sum(2, keepdim=True) + self.c_sq - 2.0 * torch.bmm(z_hat, self.c_hat.mT)).clamp_min(0.0)
         sim = 1.0 / (1.0 + d2)
         s_max = sim.amax(2)
-        u = torch.cat([z_hat, rec.unsqueeze(2), s_max.unsqueeze(2)], dim=2)  # (M, n, H + 2)
+        parts = [z_hat, rec.unsqueeze(2), s_max.unsqueeze(2)]
+        if self.scorer_features:
+            parts.append(x.expand(m, n, self.n_features))
+        u = torch.cat(parts, dim=2)  # (M, n, H + 2 [+ D])
         hidden = _leaky(torch.baddbmm(self.sc1_b, u, self.sc1_w.mT))
         score = torch.sigmoid(torch.baddbmm(self.sc2_b, hidden, self.sc2_w.mT)).squeeze(2)
         return StackedForward(z_hat=z_hat, per_feature=per_feature, rec=rec, sim=sim, s_max=s_max, score=score)

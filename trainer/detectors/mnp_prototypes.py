@@ -1,0 +1,97 @@
+"""Stage 2 of MNP (spec ``mnp.md`` section 5): where the K normal prototypes start.
+
+The prototypes start at k-means centres of embeddings of rows believed normal, with K chosen by
+silhouette when not given. Kept apart from the training loop because it is plain scikit-learn on
+numpy, and because which rows count as "believed normal" is the part the label-frugal mode had to
+decide (spec Q5).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import silhouette_score
+from torch import nn
+
+from ...schemas.errors import ConfigError
+from .mnp_network import MNPNetwork
+
+__all__ = ["SILHOUETTE_K_RANGE", "choose_prototypes", "kmeans", "normal_embeddings"]
+
+# Rows k-means sees at most (a uniform sample beyond this).
+_KMEANS_MAX_ROWS = 10_000
+# Rows the silhouette of each candidate K is measured on. resolution (speed): the silhouette is
+# quadratic in rows, so on 10,000 rows the nine candidate K cost several seconds of every member-0
+# fit; sklearn's ``sample_size`` estimates it on a seeded uniform sample instead.
+_SILHOUETTE_ROWS = 3_000
+SILHOUETTE_K_RANGE = range(2, 11)
+# Frugal mode: the share of worst-reconstructed pool rows left out of k-means (likely anomalies).
+_FRUGAL_DROP_TOP_RECONSTRUCTION = 0.05
+
+
+def normal_embeddings(net: MNPNetwork, pool: torch.Tensor, reference_normals: torch.Tensor | None, seed: int,
+                      *, normalise: bool) -> npt.NDArray[np.float64]:
+    """Embeddings of the rows the prototypes are fitted to.
+
+    With ``reference_normals`` (the labelled validation normals of the reference protocol) those;
+    otherwise (resolution, spec Q5) the unlabelled pool minus its 5 % worst-reconstructed rows,
+    subsampled to 10k rows. ``normalise`` (spec Q6 option, fixed variant) clusters on the unit
+    sphere, where the prototypes live; the faithful variant clusters raw z.
+    """
+    net.eval()
+    with torch.inference_mode():
+        if reference_normals is not None:
+            z = net.encoder(reference_normals)
+        else:
+            z_all = net.encoder(pool)
+            err = ((net.decoder(z_all) - pool) ** 2).mean(1)
+            keep = err <= torch.quantile(err, 1.0 - _FRUGAL_DROP_TOP_RECONSTRUCTION) if len(pool) > 20 else err == err
+            z = z_all[keep]
+            if len(z) > _KMEANS_MAX_ROWS:
+                pick = np.random.default_rng(seed).choice(len(z), _KMEANS_MAX_ROWS, replace=False)
+                z = z[torch.from_numpy(pick).to(z.device)]
+        if normalise:
+            z = nn.functional.normalize(z, dim=1)
+    return z.cpu().numpy().astype(np.float64)
+
+
+def kmeans(Z: npt.NDArray[np.float64], k: int, seed: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Centres and labels of k-means with k clusters (n_init pinned to 10: resolution, spec Q8)."""
+    with warnings.catch_warnings():
+        # Duplicate embeddings make k-means find fewer distinct clusters; the silhouette loop
+        # skips such K, so the warning carries no extra information.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(Z)
+    return km.cluster_centers_.astype(np.float32), km.labels_
+
+
+def choose_prototypes(Z: npt.NDArray[np.float64], n_prototypes: int | None, seed: int,
+                      ) -> tuple[npt.NDArray[np.float32], dict[str, float]]:
+    """k-means centres for ``n_prototypes``, or for the K in 2..10 of highest silhouette.
+
+    Returns the centres and the silhouette per K tried (empty when K was given).
+    """
+    if n_prototypes is not None:
+        if n_prototypes > len(Z):
+            raise ConfigError(f"n_prototypes={n_prototypes} exceeds the {len(Z)} rows available to k-means.")
+        return kmeans(Z, n_prototypes, seed)[0], {}
+    scores: dict[str, float] = {}
+    best: tuple[float, npt.NDArray[np.float32]] | None = None
+    for k in SILHOUETTE_K_RANGE:
+        if k >= len(Z):
+            break
+        centres, labels = kmeans(Z, k, seed)
+        if len(np.unique(labels)) < 2:
+            continue
+        sample = _SILHOUETTE_ROWS if len(Z) > _SILHOUETTE_ROWS else None
+        value = float(silhouette_score(Z, labels, sample_size=sample, random_state=seed))
+        scores[str(k)] = round(value, 5)
+        if best is None or value > best[0]:
+            best = (value, centres)
+    if best is None:
+        return kmeans(Z, 1, seed)[0], scores
+    return best[1], scores

@@ -1,0 +1,122 @@
+"""How strongly MNP down-weights unlabelled rows that look least like any normal prototype.
+
+The spec's weight (``mnp.md`` 6.3) is ``sigmoid(beta * s_max)``. With s_max in [0.2, 1] and
+beta = 1 it spans 0.55-0.73, so a hidden anomaly still counts about 0.8x a normal row: too mild
+to keep contamination out of what the model learns as normal (the contamination benchmark found
+no consistent effect). That form stays available as ``weighting="spec"``.
+
+``weighting="adaptive"`` (the product's) keeps the idea and lets the data set the strength. Once
+per joint-training epoch it looks at the s_max distribution of the unlabelled pool and of the
+labelled anomalies:
+
+1. **Contamination estimate.** If hidden anomalies sit where the labelled ones do, the share of
+   unlabelled rows whose s_max is at or below the labelled anomalies' median is about half the
+   contamination share (normals sit above it once the prototypes separate the two), so
+   ``eps = 2 * share``, clipped to [``EPS_MIN``, ``EPS_MAX``]. resolution, not from the paper: the
+   clip bounds are priors (at least 1 %, so the least prototypical rows are always doubted; at
+   most 25 %, so an epoch in which the labelled anomalies still sit amid the normals cannot
+   discount most of the pool).
+2. **Threshold and temperature.** ``tau`` is the eps-quantile of the pool's s_max and the weight is
+   ``sigmoid((s_max - tau) / T)`` with ``T = (median - tau) / ln 19``: the median row gets 0.95, a
+   row at the threshold 0.5, and rows as far below the threshold as the median is above it 0.05.
+   The contrast therefore follows the spread of the data, not a fixed 1.33x.
+
+Both are estimated without gradients and held for the epoch; the batch renormalisation to mean 1
+(:func:`.mnp_losses.likelihood_weights`) is unchanged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "EPS_MAX",
+    "EPS_MIN",
+    "ESTIMATE_ROWS",
+    "LikelihoodRule",
+    "Weighting",
+    "adaptive_rule",
+    "estimate_contamination",
+    "normalise_weighting",
+]
+
+Weighting = Literal["adaptive", "spec", "off"]
+
+EPS_MIN = 0.01
+EPS_MAX = 0.25
+# sigmoid(ln 19) = 0.95: the weight of the median unlabelled row.
+_MEDIAN_WEIGHT_LOGIT = math.log(19.0)
+# Rows of the pool whose s_max the epoch's estimate reads (a uniform sample beyond this).
+ESTIMATE_ROWS = 4096
+
+
+def normalise_weighting(value: object) -> Weighting:
+    """Accept the old boolean form of the parameter: True was the spec's weighting, False none."""
+    if value is True:
+        return "spec"
+    if value is False:
+        return "off"
+    if value in ("adaptive", "spec", "off"):
+        return value  # type: ignore[return-value]
+    raise ValueError(f"weighting must be 'adaptive', 'spec' or 'off'; got {value!r}")
+
+
+@dataclass(frozen=True)
+class LikelihoodRule:
+    """Raw (pre-renormalisation) weight of an unlabelled row as a function of its s_max.
+
+    ``spec``: ``sigmoid(beta * s_max)``; ``adaptive``: ``sigmoid((s_max - tau) / temperature)``;
+    ``off``: 1. ``contamination`` is the adaptive rule's estimate (None for the others).
+    """
+
+    kind: Weighting
+    beta: float = 1.0
+    tau: float = 0.0
+    temperature: float = 1.0
+    contamination: float | None = None
+
+    def raw(self, s_max: torch.Tensor) -> torch.Tensor:
+        if self.kind == "off":
+            return torch.ones_like(s_max)
+        if self.kind == "spec":
+            return torch.sigmoid(self.beta * s_max)
+        return torch.sigmoid((s_max - self.tau) / self.temperature)
+
+    def as_dict(self) -> dict[str, float | str | None]:
+        """What the training summary records (and :meth:`from_dict` rebuilds at load)."""
+        return {"kind": self.kind, "beta": self.beta, "tau": round(self.tau, 6),
+                "temperature": round(self.temperature, 6),
+                "contamination": None if self.contamination is None else round(self.contamination, 5)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> LikelihoodRule:
+        contamination = data.get("contamination")
+        return cls(kind=normalise_weighting(data.get("kind", "spec")), beta=float(data.get("beta", 1.0)),  # type: ignore[arg-type]
+                   tau=float(data.get("tau", 0.0)), temperature=float(data.get("temperature", 1.0)),  # type: ignore[arg-type]
+                   contamination=None if contamination is None else float(contamination))  # type: ignore[arg-type]
+
+
+def estimate_contamination(s_pool: torch.Tensor, s_anomalies: torch.Tensor) -> float:
+    """Twice the share of pool rows at or below the labelled anomalies' median s_max, clipped."""
+    if not s_anomalies.numel() or not s_pool.numel():
+        return EPS_MIN
+    share = float((s_pool.detach().float() <= s_anomalies.detach().float().median()).float().mean())
+    return min(EPS_MAX, max(EPS_MIN, 2.0 * share))
+
+
+def adaptive_rule(s_pool: torch.Tensor, s_anomalies: torch.Tensor, contamination: float | None = None) -> LikelihoodRule:
+    """The adaptive rule for one epoch from the pool's s_max and a contamination share (estimated
+    from the labelled anomalies' s_max when not given)."""
+    s_pool = s_pool.detach().float().flatten()
+    if s_pool.numel() < 2:
+        return LikelihoodRule(kind="off")
+    eps = estimate_contamination(s_pool, s_anomalies) if contamination is None else contamination
+    tau, median = (float(v) for v in torch.quantile(s_pool, torch.tensor([eps, 0.5], device=s_pool.device)))
+    spread = median - tau
+    if not spread > 1e-6:
+        # Degenerate pool (every row equally prototypical): nothing to tell apart, weight 1.
+        return LikelihoodRule(kind="off", contamination=eps)
+    return LikelihoodRule(kind="adaptive", tau=tau, temperature=spread / _MEDIAN_WEIGHT_LOGIT, contamination=eps)
