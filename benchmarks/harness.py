@@ -9,15 +9,18 @@ non-finite scores) becomes a row with NaN metrics and the error text instead of 
 
 Methods (names as in the CLI):
 
-- ``mnp``: the product's label-frugal mode (``variant="fixed"``, ``validation="frugal"``, three
-  independent members averaged);
-- ``mnp-m1``: the same with one member (what ``mnp`` was before the members were added);
+- ``mnp``: the product's MNP, ``trainer.training.PRODUCT_MNP_PARAMS`` (label-frugal, three
+  independent members averaged, adaptive likelihood weighting); ``mnp-spec`` / ``mnp-off``: the
+  same with the spec's weighting / none (the contamination benchmark);
+- ``mnp-pre12``: what ``mnp`` was before issue 12 (200-epoch budget, the spec's weighting);
+- ``mnp-m1``: ``mnp-pre12`` with one member (what it was before the members were added);
 - ``mnp-faithful``: the reference code's behaviour (``variant="faithful"``) with the same labels
   as the peers (``validation="frugal"``);
 - ``mnp-reference``: faithful and early-stopped on the fully labelled 5 % validation split, as
   the authors' code (a label leak: 4-8x more labelled anomalies than the peers get);
 - ``mnp-noweight`` / ``mnp-k1``: ablations of ``mnp-m1`` (no likelihood weighting; one prototype);
-- ``mnp-noweight-m3``: ``mnp`` (three members) without likelihood weighting;
+- ``mnp-noweight-m3``: ``mnp-pre12`` (three members) without likelihood weighting;
+- ``mnp-v0``, ``mnp-c1`` ... : issue 12's validation-part candidates (benchmarks/results/dev/issue12_decision.md);
 - the peers of :mod:`protoguard.benchmarks.peers`: ``devnet``, ``deepsad``, ``prenet``,
   ``feawad``, ``rosas``, ``iforest``, ``hgb``.
 
@@ -46,6 +49,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..trainer.evaluation import detection_metrics
+from ..trainer.training import PRODUCT_MNP_PARAMS
 from .peers import FEAWAD, DeepSAD, DevNet, HGBPeer, IsolationForestPeer, PReNet, RoSAS
 from .protocol import DatasetSplit, resample_contamination, split_reference
 
@@ -69,13 +73,19 @@ _PRODUCT_BUDGET: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "
 
 #: MNP settings per method name (all take ``random_state`` and ``device`` on top).
 _MNP_PARAMS: dict[str, dict[str, Any]] = {
-    "mnp": {"variant": "fixed", "validation": "frugal", "n_members": 3},
-    "mnp-m1": {"variant": "fixed", "validation": "frugal"},
-    "mnp-faithful": {"variant": "faithful", "validation": "frugal"},
-    "mnp-reference": {"variant": "faithful", "validation": "reference"},
-    "mnp-noweight": {"variant": "fixed", "validation": "frugal", "weighting": False},
-    "mnp-k1": {"variant": "fixed", "validation": "frugal", "n_prototypes": 1},
-    "mnp-noweight-m3": {"variant": "fixed", "validation": "frugal", "weighting": False, "n_members": 3},
+    # The product's MNP (trainer.training.PRODUCT_MNP_PARAMS), and it with the spec's weighting / none.
+    "mnp": PRODUCT_MNP_PARAMS,
+    "mnp-spec": {**PRODUCT_MNP_PARAMS, "weighting": "spec"},
+    "mnp-off": {**PRODUCT_MNP_PARAMS, "weighting": "off"},
+    # What `mnp` was before issue 12: the class defaults' 200-epoch budget with patience 15, 3 members,
+    # the spec's weighting (rows of benchmarks/results/tabular/results.csv renamed from `mnp`).
+    "mnp-pre12": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec"},
+    "mnp-m1": {"variant": "fixed", "validation": "frugal", "weighting": "spec"},
+    "mnp-faithful": {"variant": "faithful", "validation": "frugal", "weighting": "spec"},
+    "mnp-reference": {"variant": "faithful", "validation": "reference", "weighting": "spec"},
+    "mnp-noweight": {"variant": "fixed", "validation": "frugal", "weighting": "off"},
+    "mnp-k1": {"variant": "fixed", "validation": "frugal", "n_prototypes": 1, "weighting": "spec"},
+    "mnp-noweight-m3": {"variant": "fixed", "validation": "frugal", "weighting": "off", "n_members": 3},
     # Issue 12 development candidates, all on the product's budget (PRODUCT_MNP_PARAMS before the
     # issue: 30 joint / 30 pretraining epochs, patience 5, 3 members); decision record in
     # benchmarks/results/dev/issue12_decision.md.

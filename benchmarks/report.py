@@ -21,7 +21,7 @@ import numpy as np
 
 from .harness import METHOD_NAMES, read_results
 
-__all__ = ["mean_ranks", "summarise", "write_report"]
+__all__ = ["mean_ranks", "seed_spread", "summarise", "write_report"]
 
 _METRICS = (("auc_pr_trapz", "AUC-PR (trapezoid, as the reference code)"), ("auc_pr", "AUC-PR (average precision)"),
             ("auc_roc", "AUC-ROC"))
@@ -37,6 +37,10 @@ def summarise(rows: list[dict[str, Any]]) -> Summary:
     out: Summary = {}
     for key, runs in groups.items():
         entry: dict[str, Any] = {"n_runs": len(runs), "n_failed": sum(1 for r in runs if r["error"])}
+        # Per-seed AUC-PR (a failed run counts 0, as in the mean): the seed spread of a method's
+        # mean over datasets is the std over seeds of that seed's mean (_seed_spread).
+        entry["by_seed"] = {int(r["seed"]): (0.0 if r["error"] or not math.isfinite(r["auc_pr_trapz"]) else r["auc_pr_trapz"])
+                            for r in runs}
         for metric, _ in (*_METRICS, ("fit_s", "")):
             values = np.array([r[metric] for r in runs if not r["error"] and math.isfinite(r[metric])], dtype=float)
             entry[metric] = (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
@@ -65,6 +69,21 @@ def mean_ranks(summary: Summary, metric: str) -> dict[str, float]:
             tied = sum(1 for v in rivals if v == scores[m])
             ranks[m].append(better + (tied + 1) / 2)
     return {m: float(np.mean(r)) for m, r in ranks.items()}
+
+
+def seed_spread(summary: Summary, method: str) -> tuple[float, float, int]:
+    """(mean, std over seeds, seeds) of the method's per-seed mean AUC-PR (trapz) over its datasets.
+
+    Only seeds that ran on every one of the method's datasets count, so each per-seed mean covers
+    the same datasets. This is the "seed spread of the mean" a claim of one method beating another
+    on the mean has to exceed.
+    """
+    entries = [v for (_, _, m), v in summary.items() if m == method]
+    seeds = set.intersection(*(set(e["by_seed"]) for e in entries)) if entries else set()
+    if not seeds:
+        return math.nan, math.nan, 0
+    per_seed = [np.mean([e["by_seed"][s] for e in entries]) for s in sorted(seeds)]
+    return float(np.mean(per_seed)), float(np.std(per_seed)), len(seeds)
 
 
 def _cell(entry: dict[str, Any] | None, metric: str, is_best: bool) -> str:
@@ -108,9 +127,11 @@ def _markdown(summary: Summary) -> str:
                   "Methods with fewer datasets are ranked against the full-coverage methods on the datasets they ran.", "",
                   "Mean AUC-PR is the unweighted mean over the method's datasets of its per-dataset means (a failed",
                   "cell counts as 0); it is comparable across methods only at equal coverage.", "",
-                  "| method | rank AUC-PR (trapz) | rank AUC-PR (AP) | rank AUC-ROC | mean AUC-PR (trapz) | mean AUC-PR (AP) "
-                  "| datasets | seeds | mean fit s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "Seed spread: the std over seeds of the per-seed mean AUC-PR (trapz) over the method's datasets",
+                  "(seeds that ran on all of them).", "",
+                  "| method | rank AUC-PR (trapz) | rank AUC-PR (AP) | rank AUC-ROC | mean AUC-PR (trapz) | seed spread "
+                  "| mean AUC-PR (AP) | datasets | seeds | mean fit s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for m in sorted(methods, key=lambda m: rank_trapz.get(m, math.inf)):
             if m not in rank_trapz:
                 continue
@@ -121,8 +142,9 @@ def _markdown(summary: Summary) -> str:
             seeds_text = "/".join(str(n) for n in seeds_m)
             means = {metric: np.mean([np.nan_to_num(v[metric][0]) for (_, _, mm), v in sub.items() if mm == m])
                      for metric in ("auc_pr_trapz", "auc_pr")}
+            spread = seed_spread(sub, m)[1]
             lines.append(f"| {m} | {rank_trapz[m]:.2f} | {rank_ap[m]:.2f} | {rank_roc[m]:.2f} | {means['auc_pr_trapz']:.3f} "
-                         f"| {means['auc_pr']:.3f} | {n_datasets} | {seeds_text} | {fit} |")
+                         f"| {spread:.3f} | {means['auc_pr']:.3f} | {n_datasets} | {seeds_text} | {fit} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -50,9 +50,8 @@ _SCORE_CHUNK_ROWS = 65_536
 # CPU only: float32 elements per (members, rows, D) temporary of one stacked forward (1 MiB), so
 # that the reconstruction tensors stay in cache. departure (issue 11 asks for one forward per
 # batch): that holds on a GPU, but on a CPU one forward over a big batch streams ~40 MB temporaries
-# through memory. Measured on the 2-core EPYC box (3 members, D = 193, 1 torch thread, CPU time):
-# one 16,384-row forward ~55-60k rows/s, 256-1,024-row blocks ~95-105k rows/s; the ~30 small ops a
-# block dispatches cost a few % of its compute. A GPU pays per launch instead, so it gets one pass.
+# through memory, which cost about 40 % of the throughput (benchmarks/results/mnp_speed.md, "CPU
+# block size"). A GPU pays per launch instead, so it gets one pass.
 _CPU_BLOCK_FLOATS = 1 << 18
 # Frugal mode (spec Q5 resolution): shares of the data held out.
 _FRUGAL_ANOMALY_HOLDOUT = 0.2
