@@ -387,3 +387,19 @@ def test_cuda_pinned_path_matches_cpu(fitted3: MNPDetector, data) -> None:
     np.testing.assert_allclose(on_gpu.score(X_test), fitted3.score(X_test), rtol=0, atol=1e-5)
     np.testing.assert_allclose(on_gpu.score(X_test[:7]), fitted3.score(X_test[:7]), rtol=0, atol=1e-5)  # buffer reuse
     np.testing.assert_array_equal(on_gpu.explain(X_test).nearest_prototype, fitted3.explain(X_test).nearest_prototype)
+
+
+def test_auto_joint_stopping_holds_out_with_two_labels_and_averages_with_one(data) -> None:
+    """joint_stopping="auto": the hold-out rule with 2+ labelled anomalies, the fixed tail-averaged
+    schedule with one (exactly the fits "holdout" and "fixed" make there)."""
+    X, y, X_test, _ = data
+    params = {**TINY, "validation": "frugal", "max_epochs": 4}
+    auto = MNPDetector(**params, joint_stopping="auto").fit(X, y)
+    assert auto.training_summary_["early_stopping"] is True
+    np.testing.assert_array_equal(auto.score(X_test), MNPDetector(**params, joint_stopping="holdout").fit(X, y).score(X_test))
+    one_label = y.copy()
+    one_label[np.flatnonzero(y)[1:]] = 0
+    auto1 = MNPDetector(**params, joint_stopping="auto").fit(X, one_label)
+    assert auto1.training_summary_["stop_reason"] == "tail_average" and auto1.training_summary_["epochs"] == 4
+    np.testing.assert_array_equal(auto1.score(X_test),
+                                  MNPDetector(**params, joint_stopping="fixed").fit(X, one_label).score(X_test))

@@ -152,11 +152,12 @@ class MNPDetector(BaseDetector):
         sets every weight to 1 (ablation). True / False (the old form) mean "spec" / "off".
     beta : float
         Slope of the spec's likelihood sigmoid sigmoid(beta * s_max) (``weighting="spec"`` only).
-    joint_stopping : {"holdout", "fixed"}
+    joint_stopping : {"auto", "holdout", "fixed"}
         Label-frugal joint stage: "holdout" early-stops on held-out unlabelled rows plus 20 % of
         the labelled anomalies (a fixed 20 epochs below 2 labelled anomalies); "fixed" trains
         ``max_epochs`` on every labelled anomaly and ends on the average of the last
-        ``tail_average`` share of epochs. Ignored by ``validation="reference"``.
+        ``tail_average`` share of epochs; "auto" is "holdout" with 2 or more labelled anomalies and
+        "fixed" below. Ignored by ``validation="reference"``.
     tail_average : float in [0, 1]
         Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
     scorer_features : bool
@@ -245,7 +246,7 @@ class MNPDetector(BaseDetector):
         check_params(self, {
             "n_prototypes": optional(int_at_least(1)), "variant": one_of("faithful", "fixed"),
             "validation": one_of("reference", "frugal", "fixed_epochs"),
-            "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("holdout", "fixed"),
+            "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
             "tail_average": real_in(0, 1), "scorer_features": boolean(),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
                              "n_members"), int_at_least(1)),
@@ -363,7 +364,7 @@ class MNPDetector(BaseDetector):
         """One whole MNP fit on scaled rows: hold-outs, pretraining, prototypes, joint training."""
         faithful = self.variant == "faithful"
         n_features = anomalies.shape[1]
-        holdout = self.joint_stopping == "holdout"
+        holdout = self.joint_stopping in ("auto", "holdout")
         es_X = es_y = pre_val = None
         if val is not None:
             es_X, es_y = val
@@ -405,12 +406,15 @@ class MNPDetector(BaseDetector):
             net.decoder.load_state_dict(ae.decoder.state_dict())
             with torch.no_grad():
                 net.prototypes.copy_(torch.from_numpy(centres))
-        if val is None and self.validation == "frugal" and holdout and es_X is None:
+        if val is None and self.validation == "frugal" and self.joint_stopping == "auto" and es_X is None:
+            # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
+            n_epochs, stopping = self.max_epochs, "fixed"
+        elif val is None and self.validation == "frugal" and holdout and es_X is None:
             n_epochs, stopping = min(self.max_epochs, _FRUGAL_EPOCHS), "holdout"
         elif val is not None or self.validation == "fixed_epochs":
             n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where es_X exists
         else:
-            n_epochs, stopping = self.max_epochs, self.joint_stopping
+            n_epochs, stopping = self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
         joint, self.history_, rule = train_joint(config, net, torch.from_numpy(anomalies).to(device), pool_t,
                                                  torch.from_numpy(confirmed).to(device), es_X, es_y, rng, n_epochs,
                                                  stopping)

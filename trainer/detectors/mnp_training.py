@@ -33,7 +33,7 @@ __all__ = [
     "validation_error",
 ]
 
-JointStopping = Literal["holdout", "fixed"]
+JointStopping = Literal["auto", "holdout", "fixed"]
 
 # Std of the Gaussian corruption of each DAE layer's input (spec section 4).
 _DAE_NOISE_STD = 0.05
