@@ -92,6 +92,12 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-v0": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout"},
     "mnp-c1": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "holdout"},
     "mnp-c2": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "fixed", "tail_average": 0.5},
+    # c4 = c1 with 2+ labelled anomalies and c2 with one (joint_stopping="auto"): the same fits.
+    "mnp-c4": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "auto", "tail_average": 0.5},
+    # Second round, with the few-label guard of the adaptive weighting in the code (spec form below 2
+    # training anomalies): c5 has c1's parameters, c6 c4's.
+    "mnp-c5": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "holdout"},
+    "mnp-c6": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "auto", "tail_average": 0.5},
     "mnp-c3": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "fixed", "tail_average": 0.5,
                "scorer_features": True},
 }

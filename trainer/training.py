@@ -20,10 +20,12 @@ from .evaluation import threshold_for_budget
 __all__ = ["PRODUCT_MNP_PARAMS", "TrainingData", "calibrate", "finalize_manifest", "fit_mnp"]
 
 #: Product defaults for retraining: the fixed variant with the label-frugal validation (no
-#: labelled validation set exists in production), three averaged members (as ``trainer.n_members``);
-#: a bounded epoch count keeps a retrain short.
+#: labelled validation set exists in production), three averaged members (as ``trainer.n_members``),
+#: the adaptive likelihood weighting, hold-out early stopping; a bounded epoch count keeps a retrain
+#: short. Chosen on the benchmark's validation part: benchmarks/results/dev/issue12_decision.md.
 PRODUCT_MNP_PARAMS: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "max_epochs": 30,
-                                      "pretrain_max_epochs": 30, "patience": 5, "n_members": 3}
+                                      "pretrain_max_epochs": 30, "patience": 5, "n_members": 3,
+                                      "weighting": "adaptive", "joint_stopping": "holdout"}
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,8 @@ def test_frugal_without_holdout_caps_joint_epochs(data, monkeypatch: pytest.Monk
     det = MNPDetector(**{**TINY, "validation": "frugal", "max_epochs": 5}).fit(X, one_label)
     assert det.training_summary_["early_stopping"] is False
     assert det.training_summary_["epochs"] == 2 and det.training_summary_["stop_reason"] == "max_epochs"
+    # One labelled anomaly is too few to estimate the contamination: the spec's weighting applies.
+    assert det.training_summary_["likelihood_rule"]["kind"] == "spec"
 
 
 def test_fixed_joint_stopping_trains_every_label_and_averages_the_tail(data) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from ..evaluation import auc_pr_trapz
 from .mnp_losses import dwa_combine, prototype_loss, reconstruction_loss, renormalised_weights, score_loss
 from .mnp_network import DAELayer, MNPNetwork, hidden_width
-from .mnp_weighting import ESTIMATE_ROWS, LikelihoodRule, Weighting, adaptive_rule
+from .mnp_weighting import ESTIMATE_ROWS, MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, adaptive_rule
 
 __all__ = [
     "EarlyStopping",
@@ -169,8 +169,8 @@ def pretrain(config: TrainingConfig, pool: torch.Tensor, val: torch.Tensor | Non
 def estimate_rule(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor,
                   confirmed: torch.Tensor, rng: np.random.Generator, contamination: float | None = None) -> LikelihoodRule:
     """The likelihood rule for the next epoch (:mod:`.mnp_weighting`); no gradients."""
-    if config.weighting != "adaptive":
-        return LikelihoodRule(kind=config.weighting, beta=config.beta)
+    if config.weighting != "adaptive" or len(anomalies) < MIN_ANOMALIES_FOR_ESTIMATE:
+        return LikelihoodRule(kind="spec" if config.weighting == "adaptive" else config.weighting, beta=config.beta)
     free = torch.nonzero(~confirmed).flatten()
     if len(free) > ESTIMATE_ROWS:
         free = free[torch.from_numpy(rng.choice(len(free), ESTIMATE_ROWS, replace=False)).to(free.device)]
