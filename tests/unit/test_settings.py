@@ -50,15 +50,15 @@ def test_missing_and_broken_files_are_clear(tmp_path: Path) -> None:
 
 def test_weighting_names_and_the_old_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """trainer.weighting takes a rule name; configs from when it was a switch keep working
-    (true = the product's weighting, false = none), and a wrong name is refused by field."""
-    assert load_settings().trainer.weighting == "adaptive"
+    (true = the spec's weighting, false = none), and a wrong name is refused by field."""
+    assert load_settings().trainer.weighting == "spec"
     config = tmp_path / "protoguard.toml"
     config.write_text("[trainer]\nweighting = false\n")
     assert load_settings(config).trainer.weighting == "off"
     monkeypatch.setenv("PROTOGUARD_TRAINER__WEIGHTING", "true")
-    assert load_settings(config).trainer.weighting == "adaptive"
-    monkeypatch.setenv("PROTOGUARD_TRAINER__WEIGHTING", "spec")
     assert load_settings(config).trainer.weighting == "spec"
+    monkeypatch.setenv("PROTOGUARD_TRAINER__WEIGHTING", "adaptive")
+    assert load_settings(config).trainer.weighting == "adaptive"
     monkeypatch.setenv("PROTOGUARD_TRAINER__WEIGHTING", "strong")
     with pytest.raises(ConfigError, match=r"trainer\.weighting"):
         load_settings(config)
