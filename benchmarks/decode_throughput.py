@@ -55,7 +55,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data import bundled_sample
-from ..stream.decode import decode_batch
+from ..stream.decode import NATIVE_SCANNER, decode_batch
 from ..stream.replay import encode_events, load_dataset
 
 _UNSW_SAMPLE = bundled_sample()
@@ -243,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [measure(w, args.batch_size, args.repeats, baseline)
             for w in build_workloads(shapes, forms, args.n_events, args.n_features, args.data)]
     calibration_ms = (calibration_before_ms, _calibration_ms())
-    table = Table(title=f"decode_batch, {args.n_events} events in calls of {args.batch_size}, "
+    table = Table(title=f"decode_batch ({'native scanner' if NATIVE_SCANNER else 'Python paths only'}), "
+                        f"{args.n_events} events in calls of {args.batch_size}, "
                         f"median of {args.repeats}, load average {os.getloadavg()[0]:.1f}")
     columns = ["shape", "features", "form", "bytes/event", "events/s (wall)", "events/s (CPU)", "target",
                "met (wall / CPU)"]
@@ -270,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "python": sys.version.split()[0], "numpy": np.__version__, "orjson": orjson.__version__,
-            "pydantic": pydantic.VERSION, "load_average": [round(x, 2) for x in os.getloadavg()],
+            "pydantic": pydantic.VERSION, "native_scanner": NATIVE_SCANNER, "load_average": [round(x, 2) for x in os.getloadavg()],
             "baseline": _commit_of(args.baseline) if args.baseline else None,
             "calibration_sum_range_1e6_cpu_ms": [round(x, 2) for x in calibration_ms],
             "results": rows,

@@ -38,6 +38,16 @@ validate a Python float per feature. And a message that is not one JSON value (`
 element count does not always catch (one message adding an element, another swallowing one).
 Here each message is parsed on its own and orjson refuses trailing data, so no message can leak
 into another.
+
+**Native path** (``_decode_native``, in front of the fast path when ``stream/_rowscan.c`` is
+built, which ``pip install`` does): for a 186-feature mapping, orjson making 186 Python floats
+and a 186-entry dict was most of the decoder's time. The C scanner reads each message once and
+writes its features straight into a float64 matrix; it hands back the message minus its
+``features`` member (the "header"), which orjson and pydantic then treat as the fast path
+treats headers. It says yes only to shapes it fully understands (an array of the manifest's
+length, or a mapping with exactly the manifest's names in order, plain JSON numbers) and leaves
+every other message, and every chunk whose headers fail, to the paths above. The bit-for-bit
+tests run all three paths.
 """
 from __future__ import annotations
 
@@ -58,7 +68,15 @@ from typing_extensions import NotRequired, TypedDict  # pydantic's own dependenc
 
 from ..schemas.events import Event, RejectStage
 
-__all__ = ["DecodedBatch", "Reject", "decode_batch"]
+try:
+    from . import _rowscan  # type: ignore[attr-defined]  # the C extension: stream/_rowscan.c
+except ImportError:  # a checkout installed without a compiler: the Python paths alone, slower
+    _rowscan = None
+
+#: Whether the native scanner is in use (the decoder benchmark reports it; a unit test requires it).
+NATIVE_SCANNER = _rowscan is not None
+
+__all__ = ["DecodedBatch", "NATIVE_SCANNER", "Reject", "decode_batch"]
 
 
 def _header_type() -> Any:
@@ -89,6 +107,11 @@ _FLOAT32_MAX_TEXT = str(np.finfo(np.float32).max)  # 3.4028235e+38, for messages
 #: calls) too often. Chunk sizes were compared interleaved, on one core.
 _CHUNK_VALUES = 4096
 _MIN_CHUNK, _MAX_CHUNK = 16, 256
+#: Messages per native chunk: its headers are validated in one pydantic call, and a chunk with one
+#: bad header goes the Python way whole. No float objects are made here, so the cache argument
+#: above does not apply; 256 keeps pydantic's per-call cost small and a bad message's blast radius
+#: a few hundred messages of the slower path.
+_NATIVE_CHUNK = 256
 #: Messages per piece when a chunk is retried after the fast path refused it (see _decode_span).
 _RETRY_CHUNK = 4
 
@@ -187,17 +210,71 @@ class _Collector:
 
 
 def _decode(values: Sequence[bytes | None], feature_names: Sequence[str], *, chunk_size: int,
-            use_fast_path: bool = True) -> DecodedBatch:
-    """``decode_batch`` with the chunk size given, and the fast path optional (the tests compare both)."""
+            use_fast_path: bool = True, use_native: bool = True, native_chunk: int = 0) -> DecodedBatch:
+    """``decode_batch`` with the chunk size given, and the fast and native paths optional (the
+    tests compare all three). ``native_chunk``: messages per native chunk (0: ``_NATIVE_CHUNK``)."""
     names = list(feature_names)
     getter = _row_getter(names) if len(set(names)) == len(names) else None
     out = _Collector(len(values), len(names))
     if use_fast_path:
         sizes = (chunk_size, _RETRY_CHUNK) if chunk_size > _RETRY_CHUNK else (chunk_size,)
-        _decode_span(values, 0, len(values), sizes, names, getter, out)
+        if use_native and _rowscan is not None and names:
+            _decode_native(values, names, sizes, getter, out, native_chunk or _NATIVE_CHUNK)
+        else:
+            _decode_span(values, 0, len(values), sizes, names, getter, out)
     else:
         _decode_exactly(values, 0, len(values), names, out)
     return out.batch()
+
+
+def _decode_native(values: Sequence[bytes | None], names: list[str], sizes: tuple[int, ...],
+                   getter: _RowGetter | None, out: _Collector, chunk: int) -> None:
+    """The C scanner over the whole batch, then, in input order: runs it accepted are finished here
+    in chunks (headers parsed and validated, rows cast to float32), everything else goes to
+    ``_decode_span``. A chunk whose headers or float32 rows fail goes there whole."""
+    n, d = len(values), len(names)
+    rows = np.empty((n, d), dtype=np.float64)
+    heads = _rowscan.scan_rows(values if type(values) is list else list(values), _scanner_names(tuple(names)), d, rows)
+    start = 0
+    while start < n:
+        accepted = heads[start] is not None
+        stop = start + 1
+        while stop < n and (heads[stop] is not None) == accepted and (not accepted or stop - start < chunk):
+            stop += 1
+        if not accepted or not _accept_native(heads[start:stop], rows[start:stop], start, out):
+            _decode_span(values, start, stop, sizes, names, getter, out)
+        start = stop
+
+
+def _accept_native(heads: list[bytes], rows: npt.NDArray[np.float64], start: int, out: _Collector) -> bool:
+    """Finish a chunk the scanner accepted; False (nothing kept) when the Python paths must look."""
+    try:
+        headers: list[dict[str, Any]] = _HEADERS.validate_python(list(map(orjson.loads, heads)))
+    except ValueError:  # orjson.JSONDecodeError and pydantic's ValidationError are ValueErrors
+        return False
+    target = out.next_rows(len(heads))
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: the span path names it
+        target[...] = rows
+    if not np.isfinite(target).all():
+        return False
+    out.accept(range(start, start + len(heads)), headers)
+    return True
+
+
+@lru_cache(maxsize=16)
+def _scanner_names(names: tuple[str, ...]) -> tuple[bytes, ...] | None:
+    """The names as the scanner compares them (raw UTF-8 of unescaped JSON keys), or None: only
+    the array form is scanned. A name JSON would have to escape (a quote, a backslash, a control
+    character), one that is not valid UTF-8, or a repeated name leaves mappings to Python."""
+    if len(set(names)) != len(names):
+        return None
+    try:
+        encoded = tuple(name.encode("utf-8") for name in names)
+    except UnicodeEncodeError:
+        return None
+    if any(b'"' in raw or b"\\" in raw or min(raw, default=32) < 32 for raw in encoded):
+        return None
+    return encoded
 
 
 def _decode_span(values: Sequence[bytes | None], start: int, stop: int, sizes: tuple[int, ...], names: list[str],
