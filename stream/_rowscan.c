@@ -26,7 +26,9 @@
  * exponent is rounded once to the nearest double (Clinger's exact fast case, else CPython's
  * correctly rounded PyOS_string_to_double, which ignores the locale); an integer literal is an
  * integer first, then rounded to double, so "-0" is +0.0 (int 0), and "-0.0" is -0.0.
- * tests/unit/test_decode.py checks the native, Python-fast and exact paths bit for bit.
+ * The scan runs without the GIL (the consumer's network thread and the Redis writer go on
+ * meanwhile); the few messages with a number that needs CPython's routine are scanned again
+ * with it. tests/unit/test_decode_native.py checks the native, fast and exact paths bit for bit.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,7 +42,16 @@
 typedef struct {
     const char *p;
     const char *end;
+    int allow_slow; /* PyOS_string_to_double may be called (the GIL is held) */
+    int wants_slow; /* set when a number needed it and it was not allowed */
 } Cursor;
+
+/* The manifest's names as raw bytes, read while the GIL is held (the tuple outlives the scan). */
+typedef struct {
+    const char **bytes;
+    Py_ssize_t *lengths;
+    int present; /* 0: mappings are left to Python */
+} Names;
 
 static inline void skip_ws(Cursor *c) {
     while (c->p < c->end) {
@@ -64,6 +75,15 @@ static int bit_length(u128 x) {
     if (hi)
         return 128 - __builtin_clzll(hi);
     return lo ? 64 - __builtin_clzll(lo) : 0;
+}
+
+/* 10^0 .. 10^21 as exact integers (filled at import). */
+static u128 POW10_INT[22];
+
+static void fill_powers(void) {
+    POW10_INT[0] = 1;
+    for (int i = 1; i < 22; i++)
+        POW10_INT[i] = POW10_INT[i - 1] * 10;
 }
 
 /* The double nearest to (q + f) * 2^exp2, where 0 <= f < 1 and f > 0 exactly when inexact:
@@ -101,9 +121,7 @@ static int round_to_double(u128 q, int inexact, int exp2, double *out) {
  * a product that fits 128 bits, or a quotient of mantissa * 2^s by 10^-exp10 carried to 55+
  * bits (s chosen so that it is; the dividend stays within 128 bits while 10^-exp10 < 2^73). */
 static int exact_quotient(uint64_t mantissa, int exp10, double *out) {
-    u128 power = 1;
-    for (int i = 0; i < (exp10 < 0 ? -exp10 : exp10); i++)
-        power *= 10;
+    u128 power = POW10_INT[exp10 < 0 ? -exp10 : exp10];
     if (exp10 >= 0)
         return round_to_double((u128)mantissa * power, 0, 0, out);
     int shift = 55 + bit_length(power) - bit_length(mantissa);
@@ -206,8 +224,13 @@ static int read_number(Cursor *c, double *out) {
             return 1;
         }
     }
-    /* The general case, correctly rounded and locale-independent. The literal ends at p, which
+    /* The general case, correctly rounded and locale-independent, but a CPython call: only with
+     * the GIL (a second pass over the few messages that need it). The literal ends at p, which
      * holds a byte that cannot continue a number (or the bytes object's trailing NUL). */
+    if (!c->allow_slow) {
+        c->wants_slow = 1;
+        return 0;
+    }
     char *parsed_end = NULL;
     double v = PyOS_string_to_double(start, &parsed_end, NULL);
     if (v == -1.0 && PyErr_Occurred()) {
@@ -316,7 +339,7 @@ static int read_array_row(Cursor *c, Py_ssize_t n_features, double *row) {
     return n_features > 0;
 }
 
-static int read_mapping_row(Cursor *c, PyObject *names, Py_ssize_t n_features, double *row) {
+static int read_mapping_row(Cursor *c, const Names *names, Py_ssize_t n_features, double *row) {
     c->p++; /* '{' */
     skip_ws(c);
     for (Py_ssize_t j = 0; j < n_features; j++) {
@@ -324,8 +347,7 @@ static int read_mapping_row(Cursor *c, PyObject *names, Py_ssize_t n_features, d
         Py_ssize_t len;
         if (c->p >= c->end || *c->p != '"' || !read_plain_key(c, &key, &len))
             return 0;
-        PyObject *name = PyTuple_GET_ITEM(names, j);
-        if (len != PyBytes_GET_SIZE(name) || memcmp(key, PyBytes_AS_STRING(name), (size_t)len) != 0)
+        if (len != names->lengths[j] || memcmp(key, names->bytes[j], (size_t)len) != 0)
             return 0;
         if (!expect(c, ':') || !read_number(c, &row[j]))
             return 0;
@@ -335,45 +357,46 @@ static int read_mapping_row(Cursor *c, PyObject *names, Py_ssize_t n_features, d
     return n_features > 0;
 }
 
-/* One message: its header bytes (a new reference), or Py_None (a new reference) when the
- * Python paths must decide; NULL only on a memory error. */
-static PyObject *scan_one(PyObject *value, PyObject *names, Py_ssize_t n_features, double *row) {
-    if (!PyBytes_CheckExact(value))
-        Py_RETURN_NONE;
-    const char *base = PyBytes_AS_STRING(value);
-    Cursor c = {base, base + PyBytes_GET_SIZE(value)};
+enum { BAIL = 0, TAKEN = 1, WANTS_SLOW = 2 };
+
+/* One message, pure C (no Python call unless c->allow_slow): TAKEN with the span to cut out of
+ * it (the features member and one comma) in [*cut_start, *cut_end), BAIL when the Python paths
+ * must decide, WANTS_SLOW when it can be taken once a number is converted the slow way. */
+static int scan_one(const char *base, Py_ssize_t size, int allow_slow, const Names *names, Py_ssize_t n_features,
+                    double *row, Py_ssize_t *cut_from, Py_ssize_t *cut_to) {
+    Cursor c = {base, base + size, allow_slow, 0};
     const char *cut_start = NULL, *cut_end = NULL, *last_comma = NULL;
 
     skip_ws(&c);
     if (c.p >= c.end || *c.p != '{')
-        Py_RETURN_NONE;
+        return BAIL;
     c.p++;
     skip_ws(&c);
     for (;;) {
         const char *member_start = c.p, *key;
         Py_ssize_t len;
         if (c.p >= c.end || *c.p != '"' || !read_plain_key(&c, &key, &len))
-            Py_RETURN_NONE;
+            return BAIL;
         if (!expect(&c, ':'))
-            Py_RETURN_NONE;
+            return BAIL;
         int is_features = len == 8 && memcmp(key, "features", 8) == 0;
         if (is_features) {
             if (cut_start != NULL || c.p >= c.end)
-                Py_RETURN_NONE; /* a second "features": the last one wins in orjson; let it decide */
+                return BAIL; /* a second "features": the last one wins in orjson; let it decide */
             int ok = 0;
             if (*c.p == '[')
                 ok = read_array_row(&c, n_features, row);
-            else if (*c.p == '{' && names != Py_None)
+            else if (*c.p == '{' && names->present)
                 ok = read_mapping_row(&c, names, n_features, row);
             if (!ok)
-                Py_RETURN_NONE;
+                return c.wants_slow ? WANTS_SLOW : BAIL;
         } else if (!skip_value(&c)) {
-            Py_RETURN_NONE;
+            return BAIL;
         }
         const char *member_end = c.p;
         skip_ws(&c);
         if (c.p >= c.end)
-            Py_RETURN_NONE;
+            return BAIL;
         if (*c.p == ',') {
             if (is_features) { /* cut the member and the comma after it */
                 cut_start = member_start;
@@ -385,7 +408,7 @@ static PyObject *scan_one(PyObject *value, PyObject *names, Py_ssize_t n_feature
             continue;
         }
         if (*c.p != '}')
-            Py_RETURN_NONE;
+            return BAIL;
         if (is_features) { /* the last member: cut the comma before it, if any */
             cut_start = last_comma != NULL ? last_comma : member_start;
             cut_end = member_end;
@@ -395,15 +418,10 @@ static PyObject *scan_one(PyObject *value, PyObject *names, Py_ssize_t n_feature
     }
     skip_ws(&c);
     if (c.p != c.end || cut_start == NULL)
-        Py_RETURN_NONE;
-    Py_ssize_t head = cut_start - base, tail = c.end - cut_end;
-    PyObject *header = PyBytes_FromStringAndSize(NULL, head + tail);
-    if (header == NULL)
-        return NULL;
-    char *dst = PyBytes_AS_STRING(header);
-    memcpy(dst, base, (size_t)head);
-    memcpy(dst + head, cut_end, (size_t)tail);
-    return header;
+        return BAIL;
+    *cut_from = cut_start - base;
+    *cut_to = cut_end - base;
+    return TAKEN;
 }
 
 PyDoc_STRVAR(scan_rows_doc,
@@ -414,25 +432,25 @@ PyDoc_STRVAR(scan_rows_doc,
 "None: the message is left to the Python paths (row i is then undefined).");
 
 static PyObject *scan_rows(PyObject *self, PyObject *args) {
-    PyObject *values, *names, *out_obj;
+    PyObject *values, *names_obj, *out_obj;
     Py_ssize_t n_features;
-    if (!PyArg_ParseTuple(args, "O!OnO", &PyList_Type, &values, &names, &n_features, &out_obj))
+    if (!PyArg_ParseTuple(args, "O!OnO", &PyList_Type, &values, &names_obj, &n_features, &out_obj))
         return NULL;
-    if (names != Py_None) {
-        if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) != n_features) {
+    if (n_features < 0) {
+        PyErr_SetString(PyExc_ValueError, "n_features must be >= 0");
+        return NULL;
+    }
+    if (names_obj != Py_None) {
+        if (!PyTuple_Check(names_obj) || PyTuple_GET_SIZE(names_obj) != n_features) {
             PyErr_SetString(PyExc_ValueError, "names must be None or a tuple of n_features bytes");
             return NULL;
         }
         for (Py_ssize_t j = 0; j < n_features; j++) {
-            if (!PyBytes_CheckExact(PyTuple_GET_ITEM(names, j))) {
+            if (!PyBytes_CheckExact(PyTuple_GET_ITEM(names_obj, j))) {
                 PyErr_SetString(PyExc_TypeError, "names must be bytes");
                 return NULL;
             }
         }
-    }
-    if (n_features < 0) {
-        PyErr_SetString(PyExc_ValueError, "n_features must be >= 0");
-        return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(values);
     Py_buffer buf;
@@ -443,21 +461,71 @@ static PyObject *scan_rows(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "out is smaller than len(values) * n_features float64");
         return NULL;
     }
-    PyObject *result = PyList_New(n);
-    if (result == NULL) {
-        PyBuffer_Release(&buf);
-        return NULL;
+    /* Everything the scan reads, taken while the GIL is held: the list and the names tuple are
+     * referenced by the caller for the whole call, and bytes objects are immutable. */
+    Py_ssize_t m = n > 0 ? n : 1, d = n_features > 0 ? n_features : 1;
+    PyObject **items = PyMem_Malloc((size_t)m * sizeof(PyObject *));
+    Py_ssize_t *spans = PyMem_Malloc((size_t)m * 2 * sizeof(Py_ssize_t));
+    int *status = PyMem_Malloc((size_t)m * sizeof(int));
+    Names names = {PyMem_Malloc((size_t)d * sizeof(char *)), PyMem_Malloc((size_t)d * sizeof(Py_ssize_t)),
+                   names_obj != Py_None};
+    PyObject *result = NULL;
+    Py_ssize_t n_held = 0; /* items[0:n_held] hold references */
+    if (items == NULL || spans == NULL || status == NULL || names.bytes == NULL || names.lengths == NULL) {
+        PyErr_NoMemory();
+        goto done;
     }
-    double *rows = (double *)buf.buf;
+    for (Py_ssize_t j = 0; names.present && j < n_features; j++) {
+        names.bytes[j] = PyBytes_AS_STRING(PyTuple_GET_ITEM(names_obj, j));
+        names.lengths[j] = PyBytes_GET_SIZE(PyTuple_GET_ITEM(names_obj, j));
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *header = scan_one(PyList_GET_ITEM(values, i), names, n_features, rows + i * n_features);
-        if (header == NULL) {
-            Py_DECREF(result);
-            PyBuffer_Release(&buf);
-            return NULL;
+        PyObject *item = PyList_GET_ITEM(values, i);
+        items[i] = PyBytes_CheckExact(item) ? Py_NewRef(item) : NULL; /* held: the list could change */
+    }
+    n_held = n;
+    double *rows = (double *)buf.buf;
+    /* The scan itself runs without the GIL: the consumer's network thread and the Redis writer
+     * go on meanwhile. */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        status[i] = items[i] == NULL ? BAIL
+            : scan_one(PyBytes_AS_STRING(items[i]), PyBytes_GET_SIZE(items[i]), 0, &names, n_features,
+                       rows + i * n_features, &spans[2 * i], &spans[2 * i + 1]);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    if (result == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (status[i] == WANTS_SLOW) /* again, with the GIL, allowing CPython's conversion */
+            status[i] = scan_one(PyBytes_AS_STRING(items[i]), PyBytes_GET_SIZE(items[i]), 1, &names, n_features,
+                                 rows + i * n_features, &spans[2 * i], &spans[2 * i + 1]);
+        PyObject *header;
+        if (status[i] != TAKEN) {
+            header = Py_NewRef(Py_None);
+        } else {
+            const char *base = PyBytes_AS_STRING(items[i]);
+            Py_ssize_t size = PyBytes_GET_SIZE(items[i]), head = spans[2 * i], tail = size - spans[2 * i + 1];
+            header = PyBytes_FromStringAndSize(NULL, head + tail);
+            if (header == NULL) {
+                Py_CLEAR(result);
+                goto done;
+            }
+            char *dst = PyBytes_AS_STRING(header);
+            memcpy(dst, base, (size_t)head);
+            memcpy(dst + head, base + spans[2 * i + 1], (size_t)tail);
         }
         PyList_SET_ITEM(result, i, header);
     }
+done:
+    for (Py_ssize_t i = 0; items != NULL && i < n_held; i++)
+        Py_XDECREF(items[i]);
+    PyMem_Free(items);
+    PyMem_Free(spans);
+    PyMem_Free(status);
+    PyMem_Free(names.bytes);
+    PyMem_Free(names.lengths);
     PyBuffer_Release(&buf);
     return result;
 }
@@ -473,4 +541,7 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__rowscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__rowscan(void) {
+    fill_powers();
+    return PyModule_Create(&module);
+}
