@@ -64,7 +64,7 @@ def build_label_worker(settings: Settings, client: redis.Redis | None = None) ->
         return build_consumer(k, k.labels_group, k.labels_topic, auto_offset_reset="earliest")
 
     return LabelWorker(new_consumer(), build_producer(k), consumer_factory=new_consumer,
-                       join_stall_s=settings.stream.join_stall_s,
+                       join_stall_s=settings.stream.join_stall_s, max_backoff_s=settings.stream.max_backoff_s,
                        features=FeatureStore(client, prefix=settings.redis.prefix, ttl_s=settings.stream.features_ttl_s),
                        labels=LabelStore(client, prefix=settings.redis.prefix),
                        registry=build_registry(settings, client), kafka=k)

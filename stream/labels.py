@@ -8,29 +8,42 @@ store write and the dead letters' acks, so a crash re-delivers and re-applies (i
 
 Labels are few (analysts' answers), so each message is validated on its own with pydantic's
 JSON parser; the scorer's batch tricks are not needed here.
+
+Faults do not end the process, as for the scorer: Redis or the broker away makes the batch fail
+before its commit, the consumer is rewound to the batch's first offsets (so the labels come back,
+none is skipped) and the loop retries after a capped backoff. A poll that returns at once with
+nothing (no fetchable partition) is not repeated at once, and one that busy-loops while a join is
+pending counts toward replacing the stranded consumer (``ConsumerLoop.note_empty_poll``).
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
+import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
 from pydantic import ValidationError
 
 from ..schemas.events import Label, RejectStage
 from ..schemas.settings import KafkaSettings
 from ..trainer.registry import ModelRegistry
 from ..trainer.store import FeatureStore, LabelStore
-from .checkpoint import CommitResult, batch_records
+from .backoff import Backoff
+from .checkpoint import Checkpoint, CommitResult, batch_records
 from .consumer_loop import ConsumerLoop, send_dead_letter
 
 __all__ = ["LabelBatchOutcome", "LabelWorker", "decode_labels"]
 
 log = logging.getLogger(__name__)
 
+#: Faults of the loop (not of one message) that are waited out, never fatal.
+_TRANSIENT = (kafka_errors.KafkaError, redis.RedisError, OSError)
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,8 @@ class LabelWorker(ConsumerLoop):
 
     def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer, *, features: FeatureStore,
                  labels: LabelStore, registry: ModelRegistry, kafka: KafkaSettings, poll_ms: int = 500,
-                 consumer_factory: Callable[[], KafkaConsumer] | None = None, join_stall_s: float = 60.0) -> None:
+                 consumer_factory: Callable[[], KafkaConsumer] | None = None, join_stall_s: float = 60.0,
+                 max_backoff_s: float = 30.0) -> None:
         self.consumer = consumer
         self.producer = producer
         self.features = features
@@ -83,15 +97,35 @@ class LabelWorker(ConsumerLoop):
         self.registry = registry
         self.kafka = kafka
         self.poll_ms = poll_ms
+        self.backoff = Backoff(initial_s=0.2, max_s=max_backoff_s)
         super().__init__(consumer_factory=consumer_factory, join_stall_s=join_stall_s)
 
     def run(self, *, until: Callable[[], bool] | None = None) -> None:
+        """Loop until stopped (signal, ``request_stop`` or ``until()`` true); faults are waited out."""
         try:
             while not self._stopping and not (until is not None and until()):
-                self.process_one_batch()
+                try:
+                    started = time.monotonic()
+                    outcome = self.process_one_batch()
+                    if outcome.result in (CommitResult.UNACKNOWLEDGED, CommitResult.COMMIT_FAILED):
+                        self._wait(self.backoff.failed(), f"batch not committed ({outcome.result.value})")
+                    else:
+                        if self.backoff.succeeded():
+                            log.info("label consumer recovered")
+                        if not outcome.n_records and time.monotonic() - started < self.poll_ms / 2000:
+                            self._wait(0.05)  # poll returned at once with nothing: do not spin a core
+                except _TRANSIENT as exc:
+                    self._wait(self.backoff.failed(), repr(exc))
                 self.restart_consumer_if_stalled()
         finally:
             self.close()
+
+    def _wait(self, seconds: float, why: str | None = None) -> None:
+        if why is not None:
+            log.warning("label consumer: %s; retrying in %.1f s", why, seconds)
+        end = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
     def close(self) -> None:
         self.close_clients()
@@ -102,14 +136,23 @@ class LabelWorker(ConsumerLoop):
         return None if version is None else len(self.registry.manifest(version).feature_names)
 
     def process_one_batch(self) -> LabelBatchOutcome:
+        wall, cpu = time.monotonic(), time.process_time()
         polled = self.consumer.poll(timeout_ms=self.poll_ms, max_records=1000)
         records = batch_records(polled)  # partition by partition, each in offset order
         outcome = LabelBatchOutcome(n_records=len(records))
         if not records:
+            self.note_empty_poll(time.monotonic() - wall, time.process_time() - cpu)
             return outcome
         self._saw_records()
         checkpoint = self.new_checkpoint()
         checkpoint.extend(polled)
+        try:
+            return self._apply(records, checkpoint, outcome)
+        except _TRANSIENT:
+            checkpoint.rewind()  # the consumer's position is past these labels: bring them back
+            raise
+
+    def _apply(self, records: list[Any], checkpoint: Checkpoint, outcome: LabelBatchOutcome) -> LabelBatchOutcome:
         parsed, rejects = decode_labels([r.value for r in records])
 
         latest: dict[str, tuple[int, Label]] = {}

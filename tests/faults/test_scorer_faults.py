@@ -24,7 +24,7 @@ from protoguard.deploy.stack import free_port
 from protoguard.schemas.alerts import alert_id
 from protoguard.stream.clients import build_producer, build_redis
 from protoguard.trainer.detectors.mnp import MNPDetector
-from protoguard.trainer.store import FeatureStore
+from protoguard.trainer.store import FeatureStore, LabelStore
 from tests.fixtures.pipeline import FEATURES, Pipeline, alerts_of, fit_tiny_model, metric_sum, synthetic_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -226,3 +226,34 @@ def test_redelivered_bad_messages_keep_their_dead_letter_id(pipeline: Pipeline, 
     again = _start(pipeline, tmp_path, "second")
     stats = check_invariant(pipeline, served, X, ids, n_bad, again)
     assert stats["distinct_dead_letters"] == n_bad <= stats["dead_letters"]
+
+
+def test_label_consumer_waits_out_a_hung_redis_and_loses_no_label(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The label consumer joins labels with features in Redis: with Redis hung past the client's
+    socket timeout its batch fails, and it must rewind and retry, not exit or skip the labels."""
+    _install(pipeline, seed=27)
+    scorer = _start(pipeline, tmp_path)
+    X, _ = synthetic_traffic(600, seed=28)
+    ids, _ = pipeline.produce(X)
+    pipeline.wait_scored(600)  # the scorer stored every event's features
+    labeller = pipeline.start_process(["labels"], log=tmp_path / "labels.log",
+                                      env={"PROTOGUARD_STREAM__MAX_BACKOFF_S": "2"})
+    time.sleep(3)  # joined its group
+    now = time.time()
+    messages = [orjson.dumps({"event_id": ids[i], "label": "anomaly" if i % 2 else "normal", "analyst": "ana",
+                              "ts": now}) for i in range(40)]
+    os.kill(pipeline.stack.redis_pid, signal.SIGSTOP)
+    try:
+        producer = build_producer(pipeline.stack.bootstrap_servers)
+        for message in messages:
+            producer.send(pipeline.labels, value=message)
+        producer.flush()
+        producer.close()
+        time.sleep(20)  # longer than the client's socket timeout: the batch's Redis calls fail
+        assert labeller.poll() is None, "the label consumer exited while Redis was hung\n" + pipeline.process_report()
+    finally:
+        os.kill(pipeline.stack.redis_pid, signal.SIGCONT)
+    store = LabelStore(build_redis(pipeline.stack.redis_url), prefix=pipeline.prefix)
+    pipeline.wait_until(lambda: store.n_new() == len(messages), 90, "every label stored after Redis came back")
+    assert labeller.poll() is None and scorer.poll() is None, pipeline.process_report()
+    assert "retrying in" in (tmp_path / "labels.log").read_text()  # the fault was seen, and waited out
