@@ -137,12 +137,28 @@ def _tail(path: Path, n: int = 15) -> str:
         return "(no log)"
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants (``--workers N`` runs N children); 0 once gone."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += _cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
+
 def clock_run(admin: Any, group: str, n_events: int, process: subprocess.Popen[bytes], log_path: Path, *,
-              deadline_s: float, stall_s: float = 60.0) -> dict[str, float]:
+              deadline_s: float, stall_s: float = 60.0, broker_pid: int | None = None) -> dict[str, float]:
     """Sample the group's committed offsets until ``n_events`` are committed; the rate between the
-    first and the last commit. Raises ``Stalled`` (with what stalled) on no progress or a deadline."""
+    first and the last commit, and the CPU (in cores) the contender and the broker used meanwhile.
+    Raises ``Stalled`` (with what stalled) on no progress or a deadline."""
     t_end_deadline = time.monotonic() + deadline_s
     first: tuple[float, int] | None = None
+    cpu_at_first: tuple[float, float] = (0.0, 0.0)
     last_progress, last_value = time.monotonic(), 0
     while True:
         now = time.monotonic()
@@ -151,6 +167,7 @@ def clock_run(admin: Any, group: str, n_events: int, process: subprocess.Popen[b
             last_progress, last_value = now, value
             if first is None:
                 first = (now, value)
+                cpu_at_first = (_tree_cpu_seconds(process.pid), _cpu_seconds(broker_pid) if broker_pid else 0.0)
         if value >= n_events:
             break
         if process.poll() is not None and value < n_events:
@@ -162,8 +179,12 @@ def clock_run(admin: Any, group: str, n_events: int, process: subprocess.Popen[b
         time.sleep(0.05)
     assert first is not None
     elapsed = max(1e-6, time.monotonic() - first[0])
-    return {"events_per_s": (n_events - first[1]) / elapsed, "window_s": elapsed, "n_events": n_events,
-            "first_commit_events": first[1]}
+    out = {"events_per_s": (n_events - first[1]) / elapsed, "window_s": elapsed, "n_events": n_events,
+           "first_commit_events": first[1],
+           "cpu_cores_contender": (_tree_cpu_seconds(process.pid) - cpu_at_first[0]) / elapsed}
+    if broker_pid:
+        out["cpu_cores_broker"] = (_cpu_seconds(broker_pid) - cpu_at_first[1]) / elapsed
+    return out
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
@@ -219,7 +240,7 @@ class Bench:
         argv = [sys.executable, "-m", "protoguard.cli.main", "--log-level", "WARNING", "score", "--workers", str(workers)]
         process, log_path = self.launch(argv, self.scorer_env(topics, group, prefix), label)
         try:
-            return clock_run(self.admin, group, n, process, log_path, deadline_s=900)
+            return clock_run(self.admin, group, n, process, log_path, deadline_s=900, broker_pid=self.info.kafka_pid)
         finally:
             stop(process)
 
@@ -230,7 +251,7 @@ class Bench:
                 "--group", group, "--n-events", str(n)]
         process, log_path = self.launch(argv, None, client)
         try:
-            return clock_run(self.admin, group, n, process, log_path, deadline_s=900)
+            return clock_run(self.admin, group, n, process, log_path, deadline_s=900, broker_pid=self.info.kafka_pid)
         finally:
             stop(process)
 
@@ -461,6 +482,15 @@ def table(results: dict[str, Any]) -> str:
             floor += f" ({lat0['append_to_alert_p50_ms']:.1f} / {lat0['append_to_alert_p99_ms']:.1f} from append)"
         lines.append(f"| {name} | {f(a)} | {f(b1)} | {f(b2)} | {f(c)} | {f(d)} | {ratio(b1, a)} | {ratio(b2, b1)} "
                      f"| {ratio(b1, c)} | {latency} | {floor} | {idle} |")
+    lines += ["", "CPU used while each contender ran (cores; the machine has "
+              f"{results.get('cpus', '?')}, shared by the contender, the broker and Redis):", "",
+              "| shape | contender | events/s | contender cores | broker cores |", "|---|---|---|---|---|"]
+    for name, r in results["shapes"].items():
+        for key in ("a_kafka_python", "b_scorer_1", "b_scorer_2", "d_confluent"):
+            run = r.get(key) or {}
+            if "cpu_cores_contender" in run:
+                lines.append(f"| {name} | {key} | {run['events_per_s']:,.0f} | {run['cpu_cores_contender']:.2f} "
+                             f"| {run.get('cpu_cores_broker', float('nan')):.2f} |")
     return "\n".join(lines)
 
 
