@@ -151,11 +151,32 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def _members_holding_partitions(admin: Any, group: str) -> int:
+    """How many members of a Stable group hold partitions (0 while it rebalances or cannot be asked)."""
+    try:
+        info = admin.describe_groups([group]).get(group) or {}
+    except (KafkaError, ValueError):
+        return 0
+    if str(info.get("group_state", info.get("state", ""))).lower() != "stable":
+        return 0
+    return sum(1 for member in info.get("members", []) if _assigned_partitions(member))
+
+
+def _assigned_partitions(member: dict[str, Any]) -> int:
+    """Partitions in a member's decoded assignment (kafka-python's ``describe_groups`` form)."""
+    assignment = member.get("member_assignment") or {}
+    return sum(len(t.get("partitions", [])) for t in assignment.get("assigned_partitions") or [])
+
+
 def clock_run(admin: Any, group: str, n_events: int, process: subprocess.Popen[bytes], log_path: Path, *,
-              deadline_s: float, stall_s: float = 60.0, broker_pid: int | None = None) -> dict[str, float]:
+              deadline_s: float, stall_s: float = 60.0, broker_pid: int | None = None,
+              members: int = 1) -> dict[str, float]:
     """Sample the group's committed offsets until ``n_events`` are committed; the rate between the
     first and the last commit, and the CPU (in cores) the contender and the broker used meanwhile.
-    Raises ``Stalled`` (with what stalled) on no progress or a deadline."""
+    With ``members`` > 1 (``--workers N``) the clock starts at the first commit after all of them
+    hold partitions: the first member to join takes every partition and starts at once, and the
+    rebalance when the others join is start-up too. Raises ``Stalled`` (with what stalled) on no
+    progress or a deadline."""
     t_end_deadline = time.monotonic() + deadline_s
     first: tuple[float, int] | None = None
     cpu_at_first: tuple[float, float] = (0.0, 0.0)
@@ -165,7 +186,7 @@ def clock_run(admin: Any, group: str, n_events: int, process: subprocess.Popen[b
         value = committed(admin, group)
         if value > last_value:
             last_progress, last_value = now, value
-            if first is None:
+            if first is None and (members <= 1 or _members_holding_partitions(admin, group) >= members):
                 first = (now, value)
                 cpu_at_first = (_tree_cpu_seconds(process.pid), _cpu_seconds(broker_pid) if broker_pid else 0.0)
         if value >= n_events:
@@ -177,7 +198,9 @@ def clock_run(admin: Any, group: str, n_events: int, process: subprocess.Popen[b
             raise Stalled(f"no progress for {now - last_progress:.0f} s at {value}/{n_events} committed "
                           f"(process {'alive' if process.poll() is None else 'exited'}); log tail:\n{_tail(log_path)}")
         time.sleep(0.05)
-    assert first is not None
+    if first is None:
+        raise Stalled(f"all {n_events} events were committed before the group's {members} members all held "
+                      "partitions: too few events to time them (raise --n-events)")
     elapsed = max(1e-6, time.monotonic() - first[0])
     out = {"events_per_s": (n_events - first[1]) / elapsed, "window_s": elapsed, "n_events": n_events,
            "first_commit_events": first[1],
@@ -240,7 +263,8 @@ class Bench:
         argv = [sys.executable, "-m", "protoguard.cli.main", "--log-level", "WARNING", "score", "--workers", str(workers)]
         process, log_path = self.launch(argv, self.scorer_env(topics, group, prefix), label)
         try:
-            return clock_run(self.admin, group, n, process, log_path, deadline_s=900, broker_pid=self.info.kafka_pid)
+            return clock_run(self.admin, group, n, process, log_path, deadline_s=900, broker_pid=self.info.kafka_pid,
+                             members=workers)
         finally:
             stop(process)
 
@@ -511,8 +535,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out/stream_throughput.json"))
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pg-bench-"))
+    # A new group's first join waits 12 s for more members: the N processes of `--workers N` start
+    # together but import torch for seconds, and without the wait the first to join would take every
+    # partition and most of the backlog before the others arrive (excluded from every clock anyway).
     stack = LocalStack(StackSettings(run_dir=workdir / "stack", kafka_port=free_port(), controller_port=free_port(),
-                                     redis_port=free_port()))
+                                     redis_port=free_port(), group_initial_rebalance_delay_ms=12_000))
     info = stack.up()
     stalls: list[str] = []
     results: dict[str, Any] = {"partitions": args.partitions, "cpus": os.cpu_count(), "shapes": {},

@@ -331,7 +331,8 @@ class LocalStack:
     def _server_properties(self, data_dir: Path) -> str:
         s = self.settings
         return (_DEPLOY_DIR / "server.properties").read_text().format(
-            kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=data_dir
+            kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=data_dir,
+            group_initial_rebalance_delay_ms=s.group_initial_rebalance_delay_ms,
         )
 
     def _format_args(self) -> list[str]:

@@ -183,6 +183,10 @@ class StackSettings(_Section):
     controller_port: int = Field(default=19093, ge=1, le=65_535)
     redis_port: int = Field(default=16379, ge=1, le=65_535)
     kafka_heap_mb: int = Field(default=512, ge=256)
+    #: how long the broker waits for more members before a new group's first join completes: 0 makes
+    #: a lone consumer start at once (tests, demo); the stream benchmark sets a few seconds so that
+    #: the N members of ``score --workers N`` share the backlog from the start
+    group_initial_rebalance_delay_ms: int = Field(default=0, ge=0, le=300_000)
     #: redis-server's ``maxmemory``; with ``noeviction`` a full Redis refuses writes rather than
     #: evict a model blob (README "Local stack" sizes it: features x rate x TTL + reservoir + models)
     redis_maxmemory_mb: int = Field(default=2048, ge=64)
