@@ -47,13 +47,14 @@ from typing import Any
 
 import numpy as np
 import orjson
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
 from ..data import bundled_sample
 from ..deploy.stack import LocalStack, StackInfo, free_port
 from ..schemas.settings import StackSettings
-from ..stream.clients import build_admin, build_consumer, build_producer, build_redis, ensure_topics
+from ..stream.clients import build_admin, build_producer, build_redis, consumer_config, ensure_topics
 from ..stream.replay import encode_events, load_dataset
 from ..trainer.registry import ModelRegistry
 
@@ -332,16 +333,24 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _read_all(bootstrap: str, topic: str) -> list[Any]:
-    consumer = build_consumer(bootstrap, f"lat-read-{uuid.uuid4().hex[:6]}", topic)
+def _read_all(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets, read without a group (assigned partitions:
+    no join to wait for, whatever the broker's initial rebalance delay)."""
+    consumer = KafkaConsumer(**{**consumer_config(bootstrap, "unused"), "group_id": None})
     records: list[Any] = []
-    idle = 0
-    while idle < 6:
-        polled = consumer.poll(timeout_ms=500)
-        idle = 0 if polled else idle + 1
-        for part in polled.values():
-            records.extend(part)
-    consumer.close()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise Stalled(f"reading {topic}: not at its end offsets after {timeout_s:.0f} s")
+            for part in consumer.poll(timeout_ms=500).values():
+                records.extend(part)
+    finally:
+        consumer.close()
     return records
 
 
