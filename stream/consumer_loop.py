@@ -16,15 +16,21 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import redis
 from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from ..schemas.events import DeadLetter, RejectStage
 from .checkpoint import ACK_TIMEOUT_S, Checkpoint
 
-__all__ = ["ConsumerLoop", "GroupMembership", "dead_letter_id", "send_dead_letter"]
+__all__ = ["ConsumerLoop", "GroupMembership", "TRANSIENT_FAULTS", "dead_letter_id", "send_dead_letter"]
 
 log = logging.getLogger(__name__)
+
+#: Faults of a consumer loop itself (the broker or Redis away), not of one message's input: they
+#: are waited out with a backoff, never fatal.
+TRANSIENT_FAULTS = (kafka_errors.KafkaError, redis.RedisError, OSError)
 
 
 class GroupMembership(ConsumerRebalanceListener):
@@ -159,6 +165,17 @@ class ConsumerLoop:
         self._listen_to_membership()
         self.n_consumer_restarts += 1
         return True
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` in short steps, ending early on a stop request; ``_on_wait_tick`` runs
+        at each step (the scorer beats its liveness there)."""
+        end = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < end:
+            self._on_wait_tick()
+            time.sleep(max(0.0, min(0.2, end - time.monotonic())))
+
+    def _on_wait_tick(self) -> None:
+        """Called at each step of ``_sleep``; nothing by default."""
 
     def request_stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: finish the in-flight batch, flush, commit, leave the group."""

@@ -25,9 +25,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka import errors as kafka_errors
 from pydantic import ValidationError
 
 from ..schemas.events import Label, RejectStage
@@ -36,14 +34,12 @@ from ..trainer.registry import ModelRegistry
 from ..trainer.store import FeatureStore, LabelStore
 from .backoff import Backoff
 from .checkpoint import Checkpoint, CommitResult, batch_records
-from .consumer_loop import ConsumerLoop, send_dead_letter
+from .consumer_loop import ConsumerLoop, TRANSIENT_FAULTS, send_dead_letter
 
 __all__ = ["LabelBatchOutcome", "LabelWorker", "decode_labels"]
 
 log = logging.getLogger(__name__)
 
-#: Faults of the loop (not of one message) that are waited out, never fatal.
-_TRANSIENT = (kafka_errors.KafkaError, redis.RedisError, OSError)
 
 
 @dataclass(frozen=True)
@@ -108,24 +104,22 @@ class LabelWorker(ConsumerLoop):
                     started = time.monotonic()
                     outcome = self.process_one_batch()
                     if outcome.result in (CommitResult.UNACKNOWLEDGED, CommitResult.COMMIT_FAILED):
-                        self._wait(self.backoff.failed(), f"batch not committed ({outcome.result.value})")
+                        self._retry_later(f"batch not committed ({outcome.result.value})")
                     else:
                         if self.backoff.succeeded():
                             log.info("label consumer recovered")
                         if not outcome.n_records and time.monotonic() - started < self.poll_ms / 2000:
-                            self._wait(0.05)  # poll returned at once with nothing: do not spin a core
-                except _TRANSIENT as exc:
-                    self._wait(self.backoff.failed(), repr(exc))
+                            self._sleep(0.05)  # poll returned at once with nothing: do not spin a core
+                except TRANSIENT_FAULTS as exc:
+                    self._retry_later(repr(exc))
                 self.restart_consumer_if_stalled()
         finally:
             self.close()
 
-    def _wait(self, seconds: float, why: str | None = None) -> None:
-        if why is not None:
-            log.warning("label consumer: %s; retrying in %.1f s", why, seconds)
-        end = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < end:
-            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+    def _retry_later(self, why: str) -> None:
+        delay = self.backoff.failed()
+        log.warning("label consumer: %s; retrying in %.1f s", why, delay)
+        self._sleep(delay)
 
     def close(self) -> None:
         self.close_clients()
@@ -148,7 +142,7 @@ class LabelWorker(ConsumerLoop):
         checkpoint.extend(polled)
         try:
             return self._apply(records, checkpoint, outcome)
-        except _TRANSIENT:
+        except TRANSIENT_FAULTS:
             checkpoint.rewind()  # the consumer's position is past these labels: bring them back
             raise
 

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka import errors as kafka_errors
 
 from ..schemas.settings import KafkaSettings, StreamSettings
 from ..trainer.store import FeatureStore, TrafficReservoir
@@ -34,7 +33,7 @@ from .alerting import build_alerts
 from .backoff import Backoff
 from .batching import BatchPolicy
 from .checkpoint import Checkpoint, CommitResult
-from .consumer_loop import ConsumerLoop, send_dead_letter
+from .consumer_loop import ConsumerLoop, TRANSIENT_FAULTS, send_dead_letter
 from .decode import DecodedBatch, decode_batch
 from .observability import HealthServer, ScorerMetrics
 from .reload import ModelWatcher
@@ -45,8 +44,6 @@ __all__ = ["BatchOutcome", "ScoringWorker", "WorkerStores"]
 
 log = logging.getLogger(__name__)
 
-#: Faults of the loop itself (not of one batch's input) that are waited out, never fatal.
-_TRANSIENT = (kafka_errors.KafkaError, redis.RedisError, OSError)
 
 
 @dataclass
@@ -135,7 +132,7 @@ class ScoringWorker(ConsumerLoop):
                         # kafka-python's poll can return at once with nothing (e.g. while this member
                         # holds no fetchable partition); polling again at once would spin a core.
                         self._sleep(0.05)
-                except _TRANSIENT as exc:
+                except TRANSIENT_FAULTS as exc:
                     self.metrics.loop_errors.labels(kind=type(exc).__name__).inc()
                     delay = self._loop_backoff.failed()
                     log.warning("scorer loop fault (%r); retrying in %.1f s", exc, delay)
@@ -149,12 +146,9 @@ class ScoringWorker(ConsumerLoop):
         except redis.RedisError as exc:  # Redis is not up yet: the watcher's polling will find the model later
             log.warning("model updates: cannot subscribe yet (%r); polling instead", exc)
 
-    def _sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < end:
-            if self.health is not None:
-                self.health.beat()
-            time.sleep(min(0.2, end - time.monotonic()) if end > time.monotonic() else 0)
+    def _on_wait_tick(self) -> None:
+        if self.health is not None:  # a backing-off scorer is alive, not hung
+            self.health.beat()
 
     def step(self) -> BatchOutcome | None:
         """One turn of the loop: heartbeat, pick up a promoted model, then one batch (None: no model yet).
