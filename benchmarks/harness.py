@@ -79,6 +79,8 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-off": {**PRODUCT_MNP_PARAMS, "weighting": "off"},
     # The data-set weighting strength (issue 12), an option of the product (trainer.weighting).
     "mnp-adaptive": {**PRODUCT_MNP_PARAMS, "weighting": "adaptive"},
+    # Issue 12, second weighting candidate: normality from s_max and r percentiles, bound estimate.
+    "mnp-rank": {**PRODUCT_MNP_PARAMS, "weighting": "rank"},
     # What `mnp` was before issue 12: the class defaults' 200-epoch budget with patience 15, 3 members,
     # the spec's weighting (rows of benchmarks/results/tabular/results.csv renamed from `mnp`).
     "mnp-pre12": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec"},

@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--n-eval", type=int, default=4000, help="rows of the evaluation segment (never streamed)")
     parser.add_argument("--contamination", type=float, default=None,
                         help="resample so this share of every segment is attacks (default: the data's own, ~10%%)")
-    parser.add_argument("--weighting", dest="weighting_rule", choices=("adaptive", "spec", "off"), default="adaptive",
-                        help="MNP's likelihood weighting: adaptive (default), the spec's mild form, or off")
+    parser.add_argument("--weighting", dest="weighting_rule", choices=("adaptive", "rank", "spec", "off"), default="adaptive",
+                        help="MNP's likelihood weighting: adaptive (default), rank (s_max and reconstruction together), the spec's mild form, or off")
     parser.add_argument("--no-weighting", action="store_true", help="ablation: the same as --weighting off")
     parser.add_argument("--report", type=Path, default=Path("demo-report"), help="folder for index.html and plots")
     parser.add_argument("--seed", type=int, default=0)

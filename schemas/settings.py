@@ -155,8 +155,9 @@ class TrainerSettings(_Section):
     warm_start: bool = True
     #: MNP's likelihood weighting of the unlabelled pool (trainer/detectors/mnp_weighting.py):
     #: "spec" is the paper code's mild form (the default), "adaptive" sets its strength from the data,
-    #: "off" is for ablations; true / false (the old boolean form) mean "spec" / "off"
-    weighting: Literal["adaptive", "spec", "off"] = "spec"
+    #: "rank" does so on s_max and reconstruction error together, "off" is for ablations;
+    #: true / false (the old boolean form) mean "spec" / "off"
+    weighting: Literal["adaptive", "rank", "spec", "off"] = "spec"
     #: independent MNP fits per model, scores averaged: each costs one fit and one forward pass more;
     #: 3 gained AUC-PR on the benchmark's validation part over 1 (benchmarks/results/dev)
     n_members: int = Field(default=3, ge=1, le=10)

@@ -120,6 +120,18 @@ def test_likelihood_weights_range(fitted: MNPDetector, data) -> None:
     assert np.all((w >= 1 / (1 + np.exp(-0.2)) - 1e-6) & (w <= 1 / (1 + np.exp(-1.0)) + 1e-6))
 
 
+def test_rank_weighting_fits_and_its_rule_survives_save_load(data) -> None:
+    """The rank rule's quantile grids travel in the manifest: weights after a load equal the fit's."""
+    X, y, _, _ = data
+    det = MNPDetector(**{**TINY, "weighting": "rank", "n_members": 2}).fit(X, y)
+    rule = det.training_summary_["likelihood_rule"]
+    assert rule["kind"] == "rank" and len(rule["s_grid"]) == len(rule["r_grid"]) > 2
+    w = det.likelihood_weights(X)
+    assert np.all((w >= 0) & (w <= 1)) and w.std() > 0.01
+    loaded = MNPDetector.load(*det.save())
+    np.testing.assert_allclose(loaded.likelihood_weights(X), w, rtol=0, atol=1e-4)
+
+
 def test_fit_does_not_modify_inputs(data) -> None:
     X, y, _, _ = data
     X_copy, y_copy = X.copy(), y.copy()
@@ -295,7 +307,7 @@ def _per_member_explanation(det: MNPDetector, X: np.ndarray, n_top: int) -> dict
             "nearest_prototype": outs[0].sim.argmax(1).numpy(), "similarity": outs[0].s_max.numpy(),
             "reconstruction_error": torch.stack([o.rec for o in outs]).mean(0).numpy(),
             "top_features": top.indices.numpy(), "top_contributions": top.values.numpy(),
-            "likelihood_weights": torch.stack([rule.raw(o.s_max) for rule, o in zip(det.likelihood_rules_, outs)]).mean(0).numpy(),
+            "likelihood_weights": torch.stack([rule.raw(o.s_max, o.rec) for rule, o in zip(det.likelihood_rules_, outs)]).mean(0).numpy(),
         }
 
 

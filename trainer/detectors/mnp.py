@@ -109,7 +109,7 @@ def _accepts_weighting(value: Any) -> bool:
 
 
 # The params check of ``weighting``: the three names, or the old boolean form.
-_WEIGHTING_RULE = Rule(_accepts_weighting, "'adaptive', 'spec' or 'off' (or a bool: True = 'spec', False = 'off')")
+_WEIGHTING_RULE = Rule(_accepts_weighting, "'adaptive', 'rank', 'spec' or 'off' (or a bool: True = 'spec', False = 'off')")
 
 
 def _saved_rules(summary: dict[str, Any], n_members: int, weighting: Any, beta: float) -> list[LikelihoodRule]:
@@ -119,7 +119,7 @@ def _saved_rules(summary: dict[str, Any], n_members: int, weighting: Any, beta: 
     if len(saved) == n_members and all(isinstance(r, dict) for r in saved):
         return [LikelihoodRule.from_dict(r) for r in saved]
     kind = normalise_weighting(weighting)
-    return [LikelihoodRule(kind="spec" if kind == "adaptive" else kind, beta=beta)] * n_members
+    return [LikelihoodRule(kind="spec" if kind in ("adaptive", "rank") else kind, beta=beta)] * n_members
 
 
 def _member_key(index: int, name: str) -> str:
@@ -144,11 +144,12 @@ class MNPDetector(BaseDetector):
         the likelihood weights, the DEC target and the DWA coefficients, averages the DEC KL per
         row instead of summing it over the batch, weights the score loss, pretrains on full batches, runs k-means on normalised embeddings and always restores the
         best early-stopping checkpoint.
-    weighting : {"adaptive", "spec", "off"}
+    weighting : {"adaptive", "rank", "spec", "off"}
         How unlabelled rows are down-weighted by their likelihood of being normal
         (:mod:`.mnp_weighting`): "adaptive" sets the strength from the data each epoch (a
         contamination estimate from the labelled anomalies' s_max, then a quantile threshold and a
-        temperature); "spec" is the spec's sigmoid(beta * s_max) (a 1.33x range at most); "off"
+        temperature); "rank" does the same on the mean of a row's pool percentiles of s_max and of
+        the reconstruction error, with a mixture-proportion bound as the estimate; "spec" is the spec's sigmoid(beta * s_max) (a 1.33x range at most); "off"
         sets every weight to 1 (ablation). True / False (the old form) mean "spec" / "off".
     beta : float
         Slope of the spec's likelihood sigmoid sigmoid(beta * s_max) (``weighting="spec"`` only).
@@ -510,7 +511,7 @@ class MNPDetector(BaseDetector):
         rules = self.likelihood_rules_
 
         def reduce(out: StackedForward) -> tuple[torch.Tensor, ...]:
-            return (torch.stack([rule.raw(out.s_max[i]) for i, rule in enumerate(rules)]).mean(0),)
+            return (torch.stack([rule.raw(out.s_max[i], out.rec[i]) for i, rule in enumerate(rules)]).mean(0),)
 
         (weights,) = self._run_stacked(X, reduce)
         return weights.astype(np.float32, copy=False)

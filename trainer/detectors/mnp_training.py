@@ -20,7 +20,7 @@ from torch import nn
 from ..evaluation import auc_pr_trapz
 from .mnp_losses import dwa_combine, prototype_loss, reconstruction_loss, renormalised_weights, score_loss
 from .mnp_network import DAELayer, MNPNetwork, hidden_width
-from .mnp_weighting import ESTIMATE_ROWS, MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, adaptive_rule
+from .mnp_weighting import ESTIMATE_ROWS, MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, adaptive_rule, rank_rule
 
 __all__ = [
     "EarlyStopping",
@@ -169,15 +169,20 @@ def pretrain(config: TrainingConfig, pool: torch.Tensor, val: torch.Tensor | Non
 def estimate_rule(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor,
                   confirmed: torch.Tensor, rng: np.random.Generator, contamination: float | None = None) -> LikelihoodRule:
     """The likelihood rule for the next epoch (:mod:`.mnp_weighting`); no gradients."""
-    if config.weighting != "adaptive" or len(anomalies) < MIN_ANOMALIES_FOR_ESTIMATE:
-        return LikelihoodRule(kind="spec" if config.weighting == "adaptive" else config.weighting, beta=config.beta)
+    data_set = config.weighting in ("adaptive", "rank")
+    if not data_set or len(anomalies) < MIN_ANOMALIES_FOR_ESTIMATE:
+        return LikelihoodRule(kind="spec" if data_set else config.weighting, beta=config.beta)
     free = torch.nonzero(~confirmed).flatten()
     if len(free) > ESTIMATE_ROWS:
         free = free[torch.from_numpy(rng.choice(len(free), ESTIMATE_ROWS, replace=False)).to(free.device)]
     was_training = net.training
     net.eval()
     with torch.inference_mode():
-        rule = adaptive_rule(net(pool[free]).s_max, net(anomalies).s_max, contamination)
+        out_pool, out_anomalies = net(pool[free]), net(anomalies)
+        if config.weighting == "rank":
+            rule = rank_rule(out_pool.s_max, out_pool.rec, out_anomalies.s_max, out_anomalies.rec, contamination)
+        else:
+            rule = adaptive_rule(out_pool.s_max, out_anomalies.s_max, contamination)
     net.train(was_training)
     return rule
 
@@ -223,7 +228,7 @@ def train_joint(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor
             a_idx = torch.from_numpy(rng.integers(0, len(anomalies), n_a)).to(device)
             u_idx = torch.from_numpy(rng.choice(len(pool), n_u, replace=False)).to(device)
             out = net(torch.cat([anomalies[a_idx], pool[u_idx]]))
-            raw = rule.raw(out.s_max[n_a:])
+            raw = rule.raw(out.s_max[n_a:], out.rec[n_a:])
             if not faithful:
                 raw = raw.detach()
             omega = renormalised_weights(raw, confirmed[u_idx] if has_confirmed else None)

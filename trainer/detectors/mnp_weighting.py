@@ -21,6 +21,17 @@ labelled anomalies:
    row at the threshold 0.5, and rows as far below the threshold as the median is above it 0.05.
    The contrast therefore follows the spread of the data, not a fixed 1.33x.
 
+``weighting="rank"`` (issue 12, second candidate) reads two signals instead of one: a row that
+reconstructs badly is as unlike the normal data as one far from every prototype, and on the
+contaminated pools of the benchmark the reconstruction error ranks hidden anomalies as well as or
+better than s_max on most sets (``benchmarks/results/contamination12/`` notes). Each row's
+*normality* is the mean of its two percentiles in the pool (high s_max, low r = normal). The
+contamination share is a mixture-proportion bound: if hidden anomalies sit where the labelled ones
+do, the pool's share below the labelled anomalies' q-quantile of normality is at least eps * q, so
+``eps <= F_pool(t_q) / q`` for every q; the estimate is the smallest of those ratios over the upper
+half of the labelled anomalies (the lower half is a few extreme rows, too noisy for a bound). The
+threshold and temperature then work as the adaptive rule's, on normality instead of s_max.
+
 The contamination share is estimated once, before the joint stage (see ``train_joint``), and
 needs ``MIN_ANOMALIES_FOR_ESTIMATE`` labelled anomalies in training; with fewer the spec's form is
 used. The threshold and temperature follow the pool every epoch, without gradients; the batch
@@ -40,13 +51,17 @@ __all__ = [
     "ESTIMATE_ROWS",
     "LikelihoodRule",
     "MIN_ANOMALIES_FOR_ESTIMATE",
+    "RANK_GRID_POINTS",
     "Weighting",
     "adaptive_rule",
     "estimate_contamination",
+    "estimate_contamination_bound",
     "normalise_weighting",
+    "percentile_of",
+    "rank_rule",
 ]
 
-Weighting = Literal["adaptive", "spec", "off"]
+Weighting = Literal["adaptive", "rank", "spec", "off"]
 
 EPS_MIN = 0.01
 EPS_MAX = 0.25
@@ -60,6 +75,9 @@ MIN_ANOMALIES_FOR_ESTIMATE = 2
 _MEDIAN_WEIGHT_LOGIT = math.log(19.0)
 # Rows of the pool whose s_max the epoch's estimate reads (a uniform sample beyond this).
 ESTIMATE_ROWS = 4096
+# Points of the pool's s_max and r quantile grids the rank rule keeps (and saves) to map any row to
+# its percentiles: 65 points put a row within 1/64 of its exact percentile, a few hundred bytes.
+RANK_GRID_POINTS = 65
 
 
 def normalise_weighting(value: object) -> Weighting:
@@ -68,9 +86,9 @@ def normalise_weighting(value: object) -> Weighting:
         return "spec"
     if value is False:
         return "off"
-    if value in ("adaptive", "spec", "off"):
+    if value in ("adaptive", "rank", "spec", "off"):
         return value  # type: ignore[return-value]
-    raise ValueError(f"weighting must be 'adaptive', 'spec' or 'off'; got {value!r}")
+    raise ValueError(f"weighting must be 'adaptive', 'rank', 'spec' or 'off'; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +96,9 @@ class LikelihoodRule:
     """Raw (pre-renormalisation) weight of an unlabelled row as a function of its s_max.
 
     ``spec``: ``sigmoid(beta * s_max)``; ``adaptive``: ``sigmoid((s_max - tau) / temperature)``;
-    ``off``: 1. ``contamination`` is the adaptive rule's estimate (None for the others).
+    ``rank``: ``sigmoid((normality - tau) / temperature)`` with normality read off the saved
+    quantile grids of s_max and r; ``off``: 1. ``contamination`` is the estimate of the adaptive
+    and rank rules (None for the others).
     """
 
     kind: Weighting
@@ -86,26 +106,57 @@ class LikelihoodRule:
     tau: float = 0.0
     temperature: float = 1.0
     contamination: float | None = None
+    s_grid: tuple[float, ...] = ()
+    r_grid: tuple[float, ...] = ()
 
-    def raw(self, s_max: torch.Tensor) -> torch.Tensor:
+    def raw(self, s_max: torch.Tensor, rec: torch.Tensor | None = None) -> torch.Tensor:
+        """Weights from s_max (and, for the rank rule, the reconstruction error ``rec``)."""
         if self.kind == "off":
             return torch.ones_like(s_max)
         if self.kind == "spec":
             return torch.sigmoid(self.beta * s_max)
+        if self.kind == "rank":
+            if rec is None:
+                raise ValueError("the rank rule needs each row's reconstruction error")
+            return torch.sigmoid((self.normality(s_max, rec) - self.tau) / self.temperature)
         return torch.sigmoid((s_max - self.tau) / self.temperature)
 
-    def as_dict(self) -> dict[str, float | str | None]:
+    def normality(self, s_max: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+        """Mean of a row's pool percentiles of s_max and of -r: 1 = the most normal-looking."""
+        s_grid = torch.tensor(self.s_grid, dtype=s_max.dtype, device=s_max.device)
+        r_grid = torch.tensor(self.r_grid, dtype=rec.dtype, device=rec.device)
+        return 0.5 * (percentile_of(s_max, s_grid) + 1.0 - percentile_of(rec, r_grid))
+
+    def as_dict(self) -> dict[str, object]:
         """What the training summary records (and :meth:`from_dict` rebuilds at load)."""
-        return {"kind": self.kind, "beta": self.beta, "tau": round(self.tau, 6),
-                "temperature": round(self.temperature, 6),
-                "contamination": None if self.contamination is None else round(self.contamination, 5)}
+        out: dict[str, object] = {"kind": self.kind, "beta": self.beta, "tau": round(self.tau, 6),
+                                  "temperature": round(self.temperature, 6),
+                                  "contamination": None if self.contamination is None else round(self.contamination, 5)}
+        if self.s_grid:
+            out["s_grid"] = [round(v, 7) for v in self.s_grid]
+            out["r_grid"] = [round(v, 9) for v in self.r_grid]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> LikelihoodRule:
         contamination = data.get("contamination")
         return cls(kind=normalise_weighting(data.get("kind", "spec")), beta=float(data.get("beta", 1.0)),  # type: ignore[arg-type]
                    tau=float(data.get("tau", 0.0)), temperature=float(data.get("temperature", 1.0)),  # type: ignore[arg-type]
-                   contamination=None if contamination is None else float(contamination))  # type: ignore[arg-type]
+                   contamination=None if contamination is None else float(contamination),  # type: ignore[arg-type]
+                   s_grid=tuple(float(v) for v in data.get("s_grid", ()) or ()),  # type: ignore[union-attr]
+                   r_grid=tuple(float(v) for v in data.get("r_grid", ()) or ()))  # type: ignore[union-attr]
+
+
+def percentile_of(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Each value's position in [0, 1] among the quantiles ``grid`` (ascending, evenly spaced in
+    probability), interpolated linearly; below the first point 0, above the last 1."""
+    n = grid.numel()
+    if n < 2:
+        return torch.full_like(values, 0.5)
+    idx = torch.searchsorted(grid.contiguous(), values.contiguous()).clamp(1, n - 1)
+    lo, hi = grid[idx - 1], grid[idx]
+    frac = ((values - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return ((idx - 1).to(values.dtype) + frac) / (n - 1)
 
 
 def estimate_contamination(s_pool: torch.Tensor, s_anomalies: torch.Tensor) -> float:
@@ -129,3 +180,40 @@ def adaptive_rule(s_pool: torch.Tensor, s_anomalies: torch.Tensor, contamination
         # Degenerate pool (every row equally prototypical): nothing to tell apart, weight 1.
         return LikelihoodRule(kind="off", contamination=eps)
     return LikelihoodRule(kind="adaptive", tau=tau, temperature=spread / _MEDIAN_WEIGHT_LOGIT, contamination=eps)
+
+
+def estimate_contamination_bound(normal_pool: torch.Tensor, normal_anomalies: torch.Tensor) -> float:
+    """Mixture-proportion bound on the hidden-anomaly share from normality scores, clipped.
+
+    With the pool a mixture (1 - eps) normals + eps anomalies, and hidden anomalies distributed as the
+    labelled ones, the pool's share at or below the labelled anomalies' q-quantile t_q is at least
+    eps * q, so eps <= F_pool(t_q) / q. The smallest ratio over the upper half of the labelled
+    anomalies (q >= 1/2) is the estimate; q = 1/2 alone is the adaptive rule's ``2 * share``.
+    """
+    a = torch.sort(normal_anomalies.detach().float().flatten()).values
+    pool = normal_pool.detach().float().flatten()
+    if not a.numel() or not pool.numel():
+        return EPS_MIN
+    n = a.numel()
+    ratios = [float((pool <= a[j]).float().mean()) / ((j + 1) / n) for j in range((n - 1) // 2, n)]
+    return min(EPS_MAX, max(EPS_MIN, min(ratios)))
+
+
+def rank_rule(s_pool: torch.Tensor, r_pool: torch.Tensor, s_anomalies: torch.Tensor, r_anomalies: torch.Tensor,
+              contamination: float | None = None) -> LikelihoodRule:
+    """The rank rule for one epoch from the pool's and the labelled anomalies' s_max and r."""
+    s_pool, r_pool = s_pool.detach().float().flatten(), r_pool.detach().float().flatten()
+    if s_pool.numel() < 2:
+        return LikelihoodRule(kind="off")
+    probs = torch.linspace(0.0, 1.0, RANK_GRID_POINTS, device=s_pool.device)
+    grids = LikelihoodRule(kind="rank", s_grid=tuple(torch.quantile(s_pool, probs).tolist()),
+                           r_grid=tuple(torch.quantile(r_pool, probs).tolist()))
+    v_pool = grids.normality(s_pool, r_pool)
+    if contamination is None:
+        contamination = estimate_contamination_bound(v_pool, grids.normality(s_anomalies.float(), r_anomalies.float()))
+    tau, median = (float(v) for v in torch.quantile(v_pool, torch.tensor([contamination, 0.5], device=v_pool.device)))
+    spread = median - tau
+    if not spread > 1e-6:
+        return LikelihoodRule(kind="off", contamination=contamination)
+    return LikelihoodRule(kind="rank", tau=tau, temperature=spread / _MEDIAN_WEIGHT_LOGIT, contamination=contamination,
+                          s_grid=grids.s_grid, r_grid=grids.r_grid)
