@@ -40,7 +40,7 @@ renormalisation to mean 1 (:func:`.mnp_losses.renormalised_weights`) is unchange
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -108,6 +108,10 @@ class LikelihoodRule:
     contamination: float | None = None
     s_grid: tuple[float, ...] = ()
     r_grid: tuple[float, ...] = ()
+    # Grid tensors per (dtype, device): the rule is applied once per training batch, and rebuilding
+    # two small tensors from tuples each time was a host-to-device copy per batch on a GPU.
+    _grid_cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def raw(self, s_max: torch.Tensor, rec: torch.Tensor | None = None) -> torch.Tensor:
         """Weights from s_max (and, for the rank rule, the reconstruction error ``rec``)."""
@@ -123,8 +127,14 @@ class LikelihoodRule:
 
     def normality(self, s_max: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
         """Mean of a row's pool percentiles of s_max and of -r: 1 = the most normal-looking."""
-        s_grid = torch.tensor(self.s_grid, dtype=s_max.dtype, device=s_max.device)
-        r_grid = torch.tensor(self.r_grid, dtype=rec.dtype, device=rec.device)
+        key = (s_max.dtype, s_max.device)
+        grids = self._grid_cache.get(key)
+        if grids is None:
+            grids = (torch.tensor(self.s_grid, dtype=s_max.dtype, device=s_max.device),
+                     torch.tensor(self.r_grid, dtype=s_max.dtype, device=s_max.device))
+            self._grid_cache[key] = grids
+        s_grid, r_grid = grids
+        rec = rec.to(s_max.dtype)
         return 0.5 * (percentile_of(s_max, s_grid) + 1.0 - percentile_of(rec, r_grid))
 
     def as_dict(self) -> dict[str, object]:
@@ -174,12 +184,22 @@ def adaptive_rule(s_pool: torch.Tensor, s_anomalies: torch.Tensor, contamination
     if s_pool.numel() < 2:
         return LikelihoodRule(kind="off")
     eps = estimate_contamination(s_pool, s_anomalies) if contamination is None else contamination
-    tau, median = (float(v) for v in torch.quantile(s_pool, torch.tensor([eps, 0.5], device=s_pool.device)))
+    threshold = _threshold_at_share(s_pool, eps)
+    if threshold is None:
+        return LikelihoodRule(kind="off", contamination=eps)
+    tau, temperature = threshold
+    return LikelihoodRule(kind="adaptive", tau=tau, temperature=temperature, contamination=eps)
+
+
+def _threshold_at_share(scores: torch.Tensor, share: float) -> tuple[float, float] | None:
+    """(tau, temperature) putting weight 1/2 at the ``share``-quantile of the pool's scores and 0.95
+    at their median; None for a degenerate pool (every row scores alike: nothing to tell apart, so
+    the caller weights every row 1)."""
+    tau, median = (float(v) for v in torch.quantile(scores, torch.tensor([share, 0.5], device=scores.device)))
     spread = median - tau
     if not spread > 1e-6:
-        # Degenerate pool (every row equally prototypical): nothing to tell apart, weight 1.
-        return LikelihoodRule(kind="off", contamination=eps)
-    return LikelihoodRule(kind="adaptive", tau=tau, temperature=spread / _MEDIAN_WEIGHT_LOGIT, contamination=eps)
+        return None
+    return tau, spread / _MEDIAN_WEIGHT_LOGIT
 
 
 def estimate_contamination_bound(normal_pool: torch.Tensor, normal_anomalies: torch.Tensor) -> float:
@@ -211,9 +231,9 @@ def rank_rule(s_pool: torch.Tensor, r_pool: torch.Tensor, s_anomalies: torch.Ten
     v_pool = grids.normality(s_pool, r_pool)
     if contamination is None:
         contamination = estimate_contamination_bound(v_pool, grids.normality(s_anomalies.float(), r_anomalies.float()))
-    tau, median = (float(v) for v in torch.quantile(v_pool, torch.tensor([contamination, 0.5], device=v_pool.device)))
-    spread = median - tau
-    if not spread > 1e-6:
+    threshold = _threshold_at_share(v_pool, contamination)
+    if threshold is None:
         return LikelihoodRule(kind="off", contamination=contamination)
-    return LikelihoodRule(kind="rank", tau=tau, temperature=spread / _MEDIAN_WEIGHT_LOGIT, contamination=contamination,
+    tau, temperature = threshold
+    return LikelihoodRule(kind="rank", tau=tau, temperature=temperature, contamination=contamination,
                           s_grid=grids.s_grid, r_grid=grids.r_grid)
