@@ -10,7 +10,7 @@ non-finite scores) becomes a row with NaN metrics and the error text instead of 
 Methods (names as in the CLI):
 
 - ``mnp``: the product's MNP, ``trainer.training.PRODUCT_MNP_PARAMS`` (label-frugal, three
-  independent members averaged, adaptive likelihood weighting); ``mnp-spec`` / ``mnp-off``: the
+  independent members averaged, the spec's likelihood weighting); ``mnp-spec`` / ``mnp-off``: the
   same with the spec's weighting / none (the contamination benchmark);
 - ``mnp-pre12``: what ``mnp`` was before issue 12 (200-epoch budget, the spec's weighting);
 - ``mnp-m1``: ``mnp-pre12`` with one member (what it was before the members were added);
@@ -104,6 +104,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-c6": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "auto", "tail_average": 0.5},
     "mnp-c3": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "fixed", "tail_average": 0.5,
                "scorer_features": True},
+    # Third round (benchmarks/results/dev/issue12_fewlabel_decision.md): v0 (the product) with the
+    # scaled raw features fed to the scorer as well.
+    "mnp-c7": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout", "scorer_features": True},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
