@@ -81,6 +81,8 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-adaptive": {**PRODUCT_MNP_PARAMS, "weighting": "adaptive"},
     # Issue 12, second weighting candidate: normality from s_max and r percentiles, bound estimate.
     "mnp-rank": {**PRODUCT_MNP_PARAMS, "weighting": "rank"},
+    # ... and with the prototypes placed a second time by the rule's weights (weighted_prototypes).
+    "mnp-rankwp": {**PRODUCT_MNP_PARAMS, "weighting": "rank", "weighted_prototypes": True},
     # What `mnp` was before issue 12: the class defaults' 200-epoch budget with patience 15, 3 members,
     # the spec's weighting (rows of benchmarks/results/tabular/results.csv renamed from `mnp`).
     "mnp-pre12": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec"},

@@ -12,7 +12,10 @@ import torch
 
 from protoguard.schemas.errors import ConfigError, ModelIntegrityError, NotFittedError
 from protoguard.trainer.detectors.mnp import MNPDetector, MNPExplanation
+from protoguard.trainer.detectors.mnp_network import MNPNetwork
+from protoguard.trainer.detectors.mnp_prototypes import reweighted_prototypes
 from protoguard.trainer.detectors.mnp_training import forward_scores
+from protoguard.trainer.detectors.mnp_weighting import LikelihoodRule
 from protoguard.trainer.evaluation import detection_metrics
 
 torch.set_num_threads(1)
@@ -130,6 +133,37 @@ def test_rank_weighting_fits_and_its_rule_survives_save_load(data) -> None:
     assert np.all((w >= 0) & (w <= 1)) and w.std() > 0.01
     loaded = MNPDetector.load(*det.save())
     np.testing.assert_allclose(loaded.likelihood_weights(X), w, rtol=0, atol=1e-4)
+
+
+def test_weighted_prototypes_follow_the_rule_row_for_row() -> None:
+    """The k-means of the second placement weighs each embedding by *its own row's* rule weight:
+    with a near-step rule at the median s_max, the one centre is the mean of the upper half only."""
+    torch.manual_seed(0)
+    net = MNPNetwork(n_features=4, n_emb=2, n_prototypes=1)
+    rows = torch.randn(400, 4)
+    with torch.no_grad():
+        for layer in (net.encoder[0], net.encoder[2]):  # unit-variance weights: embeddings spread in angle
+            layer.weight.normal_()
+            layer.bias.zero_()
+        net.prototypes.copy_(torch.tensor([[1.0, 0.0]]))
+        out = net(rows)
+    Z = out.z_hat.double().numpy()
+    lower, upper_edge = (float(v) for v in out.s_max.sort().values[199:201])
+    tau = (lower + upper_edge) / 2  # between two rows, far from both in units of the temperature
+    rule = LikelihoodRule(kind="adaptive", tau=tau, temperature=(upper_edge - lower) / 100)
+    centre = reweighted_prototypes(net, rule, rows, Z, seed=0)[0]
+    upper = (out.s_max > tau).numpy()
+    np.testing.assert_allclose(centre, Z[upper].mean(0), atol=1e-3)
+    assert np.abs(centre - Z.mean(0)).max() > 1e-2  # the weights moved it
+
+
+def test_weighted_prototypes_run_only_with_a_data_set_rule(data) -> None:
+    X, y, _, _ = data
+    det = MNPDetector(**{**TINY, "weighting": "rank", "weighted_prototypes": True}).fit(X, y)
+    share = det.training_summary_["prototype_contamination"]
+    assert 0.01 <= share <= 0.25
+    off = MNPDetector(**{**TINY, "weighting": "off", "weighted_prototypes": True}).fit(X, y)
+    assert "prototype_contamination" not in off.training_summary_
 
 
 def test_fit_does_not_modify_inputs(data) -> None:

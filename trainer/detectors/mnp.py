@@ -32,9 +32,9 @@ from .base import (
     tensors_to_bytes,
 )
 from .mnp_network import MNPNetwork
-from .mnp_prototypes import choose_prototypes, normal_embeddings
+from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
-from .mnp_training import JointStopping, TrainingConfig, forward_scores, pretrain, train_joint
+from .mnp_training import JointStopping, TrainingConfig, estimate_rule, forward_scores, pretrain, train_joint
 from .mnp_weighting import LikelihoodRule, Weighting, normalise_weighting
 from .params import Rule, boolean, check_params, int_at_least, one_of, optional, real_in
 
@@ -164,6 +164,11 @@ class MNPDetector(BaseDetector):
     scorer_features : bool
         Also give the scoring network the scaled raw features (a departure from the spec's
         10-input scorer; :class:`.mnp_network.MNPNetwork`).
+    weighted_prototypes : bool
+        With a data-set weighting ("adaptive" or "rank") and 2 or more training anomalies, place
+        the prototypes a second time, by k-means with each row weighted by the likelihood rule
+        measured against the first placement (same K). departure from the spec, which weights
+        only the joint-stage losses: hidden anomalies also pull prototypes towards themselves.
     validation : {"reference", "frugal", "fixed_epochs"}
         "reference" uses a labelled ``X_val``/``y_val`` as the paper's code does; "frugal" needs no
         labels beyond ``y`` (spec Q5 resolution); "fixed_epochs" trains the full budget.
@@ -211,7 +216,7 @@ class MNPDetector(BaseDetector):
     def __init__(
         self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed",
         weighting: Weighting | bool = "adaptive", beta: float = 1.0, joint_stopping: JointStopping = "holdout",
-        tail_average: float = 0.5, scorer_features: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
+        tail_average: float = 0.5, scorer_features: bool = False, weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
@@ -224,6 +229,7 @@ class MNPDetector(BaseDetector):
         self.joint_stopping = joint_stopping
         self.tail_average = tail_average
         self.scorer_features = scorer_features
+        self.weighted_prototypes = weighted_prototypes
         self.n_emb = n_emb
         self.batch_size = batch_size
         self.n_labelled_per_batch = n_labelled_per_batch
@@ -248,7 +254,7 @@ class MNPDetector(BaseDetector):
             "n_prototypes": optional(int_at_least(1)), "variant": one_of("faithful", "fixed"),
             "validation": one_of("reference", "frugal", "fixed_epochs"),
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
-            "tail_average": real_in(0, 1), "scorer_features": boolean(),
+            "tail_average": real_in(0, 1), "scorer_features": boolean(), "weighted_prototypes": boolean(),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
                              "n_members"), int_at_least(1)),
             **dict.fromkeys(("max_epochs", "pretrain_max_epochs"), int_at_least(0)),
@@ -400,13 +406,21 @@ class MNPDetector(BaseDetector):
         else:
             ae, summary["pretrain_epochs"] = pretrain(config, pool_t, pre_val_t, n_features, self.n_emb, rng)
             reference_normals = pre_val_t if self.validation == "reference" else None
-            Z = normal_embeddings(ae, pool_t, reference_normals, seed, normalise=not faithful)
+            Z, z_rows = normal_embeddings(ae, pool_t, reference_normals, seed, normalise=not faithful)
             centres, summary["silhouette"] = choose_prototypes(Z, n_prototypes, seed)
             net = MNPNetwork(n_features, self.n_emb, int(len(centres)), scorer_features=self.scorer_features).to(device)
             net.encoder.load_state_dict(ae.encoder.state_dict())
             net.decoder.load_state_dict(ae.decoder.state_dict())
             with torch.no_grad():
                 net.prototypes.copy_(torch.from_numpy(centres))
+            if self.weighted_prototypes and z_rows is not None:
+                anomalies_t = torch.from_numpy(anomalies).to(device)
+                rule = estimate_rule(config, net, anomalies_t, pool_t, torch.from_numpy(confirmed).to(device), rng)
+                if rule.kind in ("adaptive", "rank"):
+                    summary["prototype_contamination"] = rule.contamination
+                    with torch.no_grad():
+                        net.prototypes.copy_(torch.from_numpy(
+                            reweighted_prototypes(net, rule, pool_t[torch.from_numpy(z_rows).to(device)], Z, seed)))
         if val is None and self.validation == "frugal" and self.joint_stopping == "auto" and es_X is None:
             # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
             n_epochs, stopping = self.max_epochs, "fixed"

@@ -19,8 +19,9 @@ from torch import nn
 
 from ...schemas.errors import ConfigError
 from .mnp_network import MNPNetwork
+from .mnp_weighting import LikelihoodRule
 
-__all__ = ["SILHOUETTE_K_RANGE", "choose_prototypes", "kmeans", "normal_embeddings"]
+__all__ = ["SILHOUETTE_K_RANGE", "choose_prototypes", "kmeans", "normal_embeddings", "reweighted_prototypes"]
 
 # Rows k-means sees at most (a uniform sample beyond this).
 _KMEANS_MAX_ROWS = 10_000
@@ -34,8 +35,9 @@ _FRUGAL_DROP_TOP_RECONSTRUCTION = 0.05
 
 
 def normal_embeddings(net: MNPNetwork, pool: torch.Tensor, reference_normals: torch.Tensor | None, seed: int,
-                      *, normalise: bool) -> npt.NDArray[np.float64]:
-    """Embeddings of the rows the prototypes are fitted to.
+                      *, normalise: bool) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64] | None]:
+    """Embeddings of the rows the prototypes are fitted to, and their indices in ``pool`` (None
+    when they are the reference normals), so that a later step can weigh the same rows.
 
     With ``reference_normals`` (the labelled validation normals of the reference protocol) those;
     otherwise (resolution, spec Q5) the unlabelled pool minus its 5 % worst-reconstructed rows,
@@ -43,6 +45,7 @@ def normal_embeddings(net: MNPNetwork, pool: torch.Tensor, reference_normals: to
     sphere, where the prototypes live; the faithful variant clusters raw z.
     """
     net.eval()
+    rows: npt.NDArray[np.int64] | None = None
     with torch.inference_mode():
         if reference_normals is not None:
             z = net.encoder(reference_normals)
@@ -50,23 +53,45 @@ def normal_embeddings(net: MNPNetwork, pool: torch.Tensor, reference_normals: to
             z_all = net.encoder(pool)
             err = ((net.decoder(z_all) - pool) ** 2).mean(1)
             keep = err <= torch.quantile(err, 1.0 - _FRUGAL_DROP_TOP_RECONSTRUCTION) if len(pool) > 20 else err == err
+            rows = torch.nonzero(keep).flatten().cpu().numpy().astype(np.int64)
             z = z_all[keep]
             if len(z) > _KMEANS_MAX_ROWS:
                 pick = np.random.default_rng(seed).choice(len(z), _KMEANS_MAX_ROWS, replace=False)
                 z = z[torch.from_numpy(pick).to(z.device)]
+                rows = rows[pick]
         if normalise:
             z = nn.functional.normalize(z, dim=1)
-    return z.cpu().numpy().astype(np.float64)
+    return z.cpu().numpy().astype(np.float64), rows
 
 
-def kmeans(Z: npt.NDArray[np.float64], k: int, seed: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+def kmeans(Z: npt.NDArray[np.float64], k: int, seed: int, sample_weight: npt.NDArray[np.float64] | None = None,
+           ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Centres and labels of k-means with k clusters (n_init pinned to 10: resolution, spec Q8)."""
     with warnings.catch_warnings():
         # Duplicate embeddings make k-means find fewer distinct clusters; the silhouette loop
         # skips such K, so the warning carries no extra information.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(Z)
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(Z, sample_weight=sample_weight)
     return km.cluster_centers_.astype(np.float32), km.labels_
+
+
+def reweighted_prototypes(net: MNPNetwork, rule: LikelihoodRule, rows: torch.Tensor, Z: npt.NDArray[np.float64],
+                          seed: int) -> npt.NDArray[np.float32]:
+    """k-means centres of ``Z`` (the embeddings of ``rows``) with each row weighted by ``rule``.
+
+    Why: the frugal placement drops only the 5 % worst-reconstructed rows, so at 10-20 %
+    contamination hidden anomalies still pull centres (or a whole prototype) towards themselves,
+    and every later weight is measured against those centres. K stays that of the first placement
+    (the silhouette is not weighted, so choosing K again would add nothing).
+    """
+    net.eval()
+    with torch.inference_mode():
+        out = net(rows)
+        weights = rule.raw(out.s_max, out.rec).double().cpu().numpy()
+    k = int(net.prototypes.shape[0])
+    if not np.isfinite(weights).all() or weights.sum() <= 0:
+        return net.prototypes.detach().cpu().numpy().astype(np.float32)
+    return kmeans(Z, k, seed, sample_weight=weights)[0]
 
 
 def choose_prototypes(Z: npt.NDArray[np.float64], n_prototypes: int | None, seed: int,
