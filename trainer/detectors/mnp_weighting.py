@@ -5,7 +5,7 @@ beta = 1 it spans 0.55-0.73, so a hidden anomaly still counts about 0.8x a norma
 to keep contamination out of what the model learns as normal (the contamination benchmark found
 no consistent effect). That form stays available as ``weighting="spec"``.
 
-``weighting="adaptive"`` (the product's) keeps the idea and lets the data set the strength. Once
+``weighting="adaptive"`` keeps the idea and lets the data set the strength. Once
 per joint-training epoch it looks at the s_max distribution of the unlabelled pool and of the
 labelled anomalies:
 
@@ -65,11 +65,10 @@ Weighting = Literal["adaptive", "rank", "spec", "off"]
 
 EPS_MIN = 0.01
 EPS_MAX = 0.25
-# Fewest labelled anomalies (in training) whose s_max the estimate reads; below it the rule falls
-# back to the spec's form. resolution, chosen on the validation part (benchmarks/results/dev/
-# issue12_decision.md): with one training anomaly the estimate is one row's quantile, and on
-# 23_mammography it came out 0.16-0.25 for a true 0.023, so a quarter of the normals lost their
-# weight (validation AUC-PR 0.647 with the spec's form, 0.466 adaptive).
+# Fewest labelled anomalies (in training) whose scores the estimate reads; below it the rule falls
+# back to the spec's form. resolution: with one training anomaly the estimate is one row's quantile
+# and can discount a quarter of the normals (the validation run behind this number:
+# benchmarks/results/dev/issue12_decision.md, "second round").
 MIN_ANOMALIES_FOR_ESTIMATE = 2
 # sigmoid(ln 19) = 0.95: the weight of the median unlabelled row.
 _MEDIAN_WEIGHT_LOGIT = math.log(19.0)
