@@ -28,13 +28,12 @@ from .base import (
     check_is_fitted,
     resolve_device,
     sha256_hex,
-    tensors_from_bytes,
-    tensors_to_bytes,
 )
 from .mnp_network import MNPNetwork
+from .mnp_persistence import members_from_bytes, members_to_bytes, saved_rules
 from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
-from .mnp_training import JointStopping, TrainingConfig, estimate_rule, forward_scores, pretrain, train_joint
+from .mnp_training import JointStopping, TrainingConfig, estimate_rule, pretrain, train_joint
 from .mnp_weighting import LikelihoodRule, Weighting, normalise_weighting
 from .params import Rule, boolean, check_params, int_at_least, one_of, optional, real_in
 
@@ -110,21 +109,6 @@ def _accepts_weighting(value: Any) -> bool:
 
 # The params check of ``weighting``: the three names, or the old boolean form.
 _WEIGHTING_RULE = Rule(_accepts_weighting, "'adaptive', 'rank', 'spec' or 'off' (or a bool: True = 'spec', False = 'off')")
-
-
-def _saved_rules(summary: dict[str, Any], n_members: int, weighting: Any, beta: float) -> list[LikelihoodRule]:
-    """Each member's likelihood rule from a manifest's training summary; manifests written before
-    the rules were recorded get the rule their ``weighting`` parameter meant then (spec or none)."""
-    saved = [m.get("likelihood_rule") for m in summary.get("members", [])] or [summary.get("likelihood_rule")]
-    if len(saved) == n_members and all(isinstance(r, dict) for r in saved):
-        return [LikelihoodRule.from_dict(r) for r in saved]
-    kind = normalise_weighting(weighting)
-    return [LikelihoodRule(kind="spec" if kind in ("adaptive", "rank") else kind, beta=beta)] * n_members
-
-
-def _member_key(index: int, name: str) -> str:
-    """Safetensors key of one member's tensor: member 0 keeps the plain name."""
-    return name if index == 0 else f"member{index}.{name}"
 
 
 class MNPDetector(BaseDetector):
@@ -568,9 +552,7 @@ class MNPDetector(BaseDetector):
     def save(self) -> tuple[bytes, ModelManifest]:
         """Safetensors bytes of E, G, prototypes and phi, plus a manifest with the scaler and sha256."""
         check_is_fitted(self, "network_")
-        # Member 0 under the plain names (a one-member file keeps the single-network layout), others prefixed.
-        tensors = {_member_key(i, k): v for i, net in enumerate(self.members_) for k, v in net.state_dict().items()}
-        blob = tensors_to_bytes(tensors)
+        blob = members_to_bytes(self.members_)
         manifest = ModelManifest(
             detector="mnp", params=self.get_params(), feature_names=list(self.feature_names_in_),
             scaler=ScalerStats(kind="minmax", offset=[float(v) for v in self.scaler_min_],
@@ -591,26 +573,14 @@ class MNPDetector(BaseDetector):
             raise ModelIntegrityError("manifest lacks n_prototypes or a scaler matching its feature names")
         # Manifests written before n_members existed describe one network.
         det.n_members = int(manifest.params.get("n_members", 1))
-        members = [MNPNetwork(n_features, det.n_emb, k, scorer_features=bool(det.scorer_features)) for _ in range(det.n_members)]
-        expected = {_member_key(i, name) for i, net in enumerate(members) for name in net.state_dict()}
-        tensors = tensors_from_bytes(weights, manifest, expected=expected)
-        if set(tensors) != expected:
-            raise ModelIntegrityError(f"weights hold unexpected tensors {sorted(set(tensors) - expected)[:5]}")
-        if tensors["encoder.0.weight"].shape[1] != n_features:
-            raise ModelIntegrityError(
-                f"weights expect {tensors['encoder.0.weight'].shape[1]} features, manifest names {n_features}"
-            )
-        for i, net in enumerate(members):
-            try:
-                net.load_state_dict({name: tensors[_member_key(i, name)] for name in net.state_dict()}, strict=True)
-            except RuntimeError as exc:
-                raise ModelIntegrityError(f"weights do not fit the MNP architecture: {exc}") from exc
+        members = members_from_bytes(weights, manifest, n_members=det.n_members, n_emb=det.n_emb,
+                                     scorer_features=bool(det.scorer_features))
         det.device_ = resolve_device(det.device)
         det.n_features_in_, det.n_prototypes_ = n_features, k
         det.feature_names_in_ = list(manifest.feature_names)
         det.scaler_min_ = np.asarray(manifest.scaler.offset, np.float32)
         det.scaler_scale_ = np.asarray(manifest.scaler.scale, np.float32)
         det.training_summary_, det.history_ = dict(manifest.training_summary), []
-        det.likelihood_rules_ = _saved_rules(det.training_summary_, det.n_members, det.weighting, det.beta)
+        det.likelihood_rules_ = saved_rules(det.training_summary_, det.n_members, det.weighting, det.beta)
         det._set_members([net.to(det.device_).eval() for net in members])
         return det
