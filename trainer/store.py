@@ -185,8 +185,13 @@ class TrafficReservoir:
         return len(rows)
 
     def sample(self, n_features: int) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Everything currently in the pool (at most ``capacity`` rows)."""
-        values = self.client.hvals(self.pool_key)
+        """Everything currently in the pool (at most ``capacity`` rows), in slot order.
+
+        Sorted because a Redis hash's iteration order depends on a hash seed that changes with every
+        server start: the same pool would otherwise reach the trainer in a different row order, and
+        a seeded fit would not be reproducible."""
+        slots = self.client.hgetall(self.pool_key)
+        values = [blob for _, blob in sorted(slots.items(), key=lambda item: int(item[0]))]
         return unpack_rows(values, n_features)
 
     def n_seen(self) -> int:
@@ -361,7 +366,9 @@ class LabelStore:
         sources: list[str] = []
         analysts: list[str] = []
         seqs: list[int] = []
-        for eid_b, meta in metas.items():
+        # Sorted by event id: hash order changes with the server's hash seed, and a seeded retrain
+        # must see its labels in the same order every time.
+        for eid_b, meta in sorted(metas.items()):
             row = features.get(eid_b)
             if row is None or len(row) != 4 * n_features:
                 continue
