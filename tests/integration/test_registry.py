@@ -9,7 +9,7 @@ import redis
 from protoguard.schemas.errors import ModelIntegrityError, RegistryError
 from protoguard.schemas.manifest import ModelManifest
 from protoguard.trainer.registry import ModelRegistry
-from protoguard.trainer.store import LabelStore
+from protoguard.trainer.store import LabelStore, TrafficReservoir, unpack_rows
 from tests.fixtures.pipeline import fit_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -142,3 +142,26 @@ def test_label_store_keeps_provenance_pins_and_quarantine(redis_client: redis.Re
     store.add_disagreement(40, 4)
     store.add_disagreement(10, 1)
     assert store.disagreement_history() == (50, 5)
+
+
+def test_training_rows_come_back_in_a_fixed_order(redis_client: redis.Redis, unique) -> None:
+    """A Redis hash iterates in an order set by a per-server hash seed; a seeded retrain must not
+    depend on it, so labels come back sorted by event id and the reservoir in slot order."""
+    labels = LabelStore(redis_client, prefix=unique("lbl"))
+    ids = [f"e{i:03d}" for i in range(200)]
+    order = np.random.default_rng(3).permutation(len(ids))
+    X = np.arange(4 * len(ids), dtype=np.float32).reshape(len(ids), 4)
+    labels.apply([ids[i] for i in order], [orjson.dumps({"label": "normal"})] * len(ids), X[order])
+    snap = labels.snapshot(4)
+    assert snap.event_ids == sorted(ids)
+    assert np.array_equal(snap.X, X)  # each row stayed with its event
+
+    reservoir = TrafficReservoir(redis_client, prefix=unique("res"), capacity=50)
+    pipe = redis_client.pipeline(transaction=False)
+    reservoir.queue_offer(pipe, ids, X, np.random.default_rng(0))
+    pipe.execute()
+    first = reservoir.sample(4)
+    assert len(first[0]) == 50
+    assert reservoir.sample(4)[0] == first[0]
+    by_slot = sorted(redis_client.hgetall(reservoir.pool_key).items(), key=lambda item: int(item[0]))
+    assert first[0] == unpack_rows([blob for _, blob in by_slot], 4)[0]
