@@ -109,6 +109,8 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Third round (benchmarks/results/dev/issue12_fewlabel_decision.md): v0 (the product) with the
     # scaled raw features fed to the scorer as well.
     "mnp-c7": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout", "scorer_features": True},
+    # Fourth round (benchmarks/results/dev/issue12_fewlabel_round4.md): c7 only below 2 labelled anomalies.
+    "mnp-c8": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout", "scorer_features": "auto"},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

@@ -267,6 +267,28 @@ def test_scorer_features_widen_the_scorer_and_survive_save_load(data) -> None:
     np.testing.assert_array_equal(MNPDetector.load(blob, manifest).score(X_test), det.score(X_test))
 
 
+
+def test_auto_scorer_features_switch_on_with_one_labelled_anomaly_only(data) -> None:
+    X, y, X_test, _ = data
+    one = y.copy()
+    one[np.flatnonzero(y == 1)[1:]] = 0  # keep a single labelled anomaly
+    auto = {**TINY, "scorer_features": "auto"}
+    single = MNPDetector(**auto).fit(X, one)
+    several = MNPDetector(**auto).fit(X, y)
+    assert single.scorer_features_ and single.network_.scorer.net[0].in_features == single.n_emb + 2 + X.shape[1]
+    assert not several.scorer_features_ and several.network_.scorer.net[0].in_features == several.n_emb + 2
+    # With several labels "auto" is the default fit, bit for bit.
+    np.testing.assert_array_equal(several.score(X_test), MNPDetector(**TINY).fit(X, y).score(X_test))
+    for det in (single, several):  # the manifest records what the fit used, and load rebuilds it
+        loaded = MNPDetector.load(*det.save())
+        assert loaded.scorer_features_ == det.scorer_features_
+        np.testing.assert_array_equal(loaded.score(X_test), det.score(X_test))
+    # A warm start keeps its own architecture even where "auto" would choose the other one.
+    warm = MNPDetector(**auto).fit(X, y, warm_start=single)
+    assert warm.scorer_features_ and warm.network_.scorer.net[0].in_features == single.network_.scorer.net[0].in_features
+    with pytest.raises(ConfigError, match="'scorer_features' parameter of MNPDetector must be a bool or 'auto'"):
+        MNPDetector(**{**TINY, "scorer_features": "yes"}).fit(X, y)
+
 @pytest.mark.slow  # about 12 s on the 2-core CI machine
 def test_three_prototypes_beat_one_on_three_normal_modes() -> None:
     """The paper's synthetic setting: anomalies at the centre of three normal modes."""

@@ -109,6 +109,15 @@ def _accepts_weighting(value: Any) -> bool:
 
 # The params check of ``weighting``: the three names, or the old boolean form.
 _WEIGHTING_RULE = Rule(_accepts_weighting, "'adaptive', 'rank', 'spec' or 'off' (or a bool: True = 'spec', False = 'off')")
+_SCORER_FEATURES_RULE = Rule(lambda v: isinstance(v, bool) or v == "auto", "a bool or 'auto'")
+
+
+def scorer_gets_raw_features(setting: bool | str, n_labelled: int) -> bool:
+    """Whether a fit with ``n_labelled`` labelled anomalies feeds the scorer the raw features.
+
+    "auto" switches them on below 2 labelled anomalies, the same line below which the spec
+    drops early stopping: with one labelled anomaly every choice rests on that one row."""
+    return setting is True or (setting == "auto" and n_labelled < 2)
 
 
 class MNPDetector(BaseDetector):
@@ -145,9 +154,12 @@ class MNPDetector(BaseDetector):
         "fixed" below. Ignored by ``validation="reference"``.
     tail_average : float in [0, 1]
         Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
-    scorer_features : bool
+    scorer_features : bool or "auto"
         Also give the scoring network the scaled raw features (a departure from the spec's
-        10-input scorer; :class:`.mnp_network.MNPNetwork`).
+        10-input scorer; :class:`.mnp_network.MNPNetwork`). "auto" does so only when a single
+        anomaly is labelled, where MNP's 10-number summary can hide the one feature that sets it
+        apart (``benchmarks/results/dev/issue12_fewlabel_round4.md``); ``scorer_features_`` says
+        what a fit used.
     weighted_prototypes : bool
         With a data-set weighting ("adaptive" or "rank") and 2 or more training anomalies, place
         the prototypes a second time, by k-means with each row weighted by the likelihood rule
@@ -200,7 +212,7 @@ class MNPDetector(BaseDetector):
     def __init__(
         self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed",
         weighting: Weighting | bool = "adaptive", beta: float = 1.0, joint_stopping: JointStopping = "holdout",
-        tail_average: float = 0.5, scorer_features: bool = False, weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
+        tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False, weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
@@ -238,7 +250,7 @@ class MNPDetector(BaseDetector):
             "n_prototypes": optional(int_at_least(1)), "variant": one_of("faithful", "fixed"),
             "validation": one_of("reference", "frugal", "fixed_epochs"),
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
-            "tail_average": real_in(0, 1), "scorer_features": boolean(), "weighted_prototypes": boolean(),
+            "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
                              "n_members"), int_at_least(1)),
             **dict.fromkeys(("max_epochs", "pretrain_max_epochs"), int_at_least(0)),
@@ -281,7 +293,8 @@ class MNPDetector(BaseDetector):
         if warm_start is not None:
             check_is_fitted(warm_start, "network_")
             if (warm_start.n_features_in_ != X.shape[1] or warm_start.n_emb != self.n_emb
-                    or warm_start.network_.scorer_features != self.scorer_features):
+                    or (isinstance(self.scorer_features, bool)
+                        and warm_start.network_.scorer_features != self.scorer_features)):
                 raise ConfigError("warm_start must be fitted on the same features with the same n_emb and scorer_features.")
         names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(X.shape[1])]
         if len(names) != X.shape[1]:
@@ -324,6 +337,9 @@ class MNPDetector(BaseDetector):
         # (own pretraining, k-means, hold-outs and batch order, seeded from random_state and its index)
         # and ``score`` averages them. Members share only K: member 0 chooses it, the others reuse it,
         # so all members have one architecture. Member 0 is exactly the one-member fit.
+        # A warm start keeps its members' architecture, whatever "auto" would pick for these labels.
+        self.scorer_features_ = (warm_start.network_.scorer_features if warm_start is not None
+                                 else scorer_gets_raw_features(self.scorer_features, int((y == 1).sum())))
         members, summaries, histories = [], [], []
         for i in range(self.n_members):
             member_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
@@ -339,6 +355,7 @@ class MNPDetector(BaseDetector):
             summaries.append(summary)
             histories.append(self.history_)
         summary = summaries[0]
+        summary["scorer_features"] = self.scorer_features_
         if self.n_members > 1:
             summary["members"] = [{k: m.get(k) for k in ("epochs", "stop_reason", "best_epoch", "best_val_error", "pretrain_epochs",
                                                        "likelihood_rule")}
@@ -392,7 +409,7 @@ class MNPDetector(BaseDetector):
             reference_normals = pre_val_t if self.validation == "reference" else None
             Z, z_rows = normal_embeddings(ae, pool_t, reference_normals, seed, normalise=not faithful)
             centres, summary["silhouette"] = choose_prototypes(Z, n_prototypes, seed)
-            net = MNPNetwork(n_features, self.n_emb, int(len(centres)), scorer_features=self.scorer_features).to(device)
+            net = MNPNetwork(n_features, self.n_emb, int(len(centres)), scorer_features=self.scorer_features_).to(device)
             net.encoder.load_state_dict(ae.encoder.state_dict())
             net.decoder.load_state_dict(ae.decoder.state_dict())
             with torch.no_grad():
@@ -573,8 +590,10 @@ class MNPDetector(BaseDetector):
             raise ModelIntegrityError("manifest lacks n_prototypes or a scaler matching its feature names")
         # Manifests written before n_members existed describe one network.
         det.n_members = int(manifest.params.get("n_members", 1))
+        # Manifests written before "auto" existed hold a bool parameter and no summary entry.
+        det.scorer_features_ = bool(manifest.training_summary.get("scorer_features", det.scorer_features is True))
         members = members_from_bytes(weights, manifest, n_members=det.n_members, n_emb=det.n_emb,
-                                     scorer_features=bool(det.scorer_features))
+                                     scorer_features=det.scorer_features_)
         det.device_ = resolve_device(det.device)
         det.n_features_in_, det.n_prototypes_ = n_features, k
         det.feature_names_in_ = list(manifest.feature_names)
