@@ -395,6 +395,7 @@ class MNPDetector(BaseDetector):
         pool = np.vstack([unlabelled, normals])
         confirmed = np.r_[np.zeros(len(unlabelled), bool), np.ones(len(normals), bool)]
         pool_t = torch.from_numpy(pool).to(device)
+        anomalies_t, confirmed_t = torch.from_numpy(anomalies).to(device), torch.from_numpy(confirmed).to(device)
         summary: dict[str, Any] = {
             "variant": self.variant, "validation": self.validation, "n_labelled": int(len(anomalies)),
             "n_unlabelled": int(len(unlabelled)), "n_confirmed_normal": int(len(normals)),
@@ -415,8 +416,7 @@ class MNPDetector(BaseDetector):
             with torch.no_grad():
                 net.prototypes.copy_(torch.from_numpy(centres))
             if self.weighted_prototypes and z_rows is not None:
-                anomalies_t = torch.from_numpy(anomalies).to(device)
-                rule = estimate_rule(config, net, anomalies_t, pool_t, torch.from_numpy(confirmed).to(device), rng)
+                rule = estimate_rule(config, net, anomalies_t, pool_t, confirmed_t, rng)
                 if rule.kind in ("adaptive", "rank"):
                     summary["prototype_contamination"] = rule.contamination
                     with torch.no_grad():
@@ -431,9 +431,8 @@ class MNPDetector(BaseDetector):
             n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where es_X exists
         else:
             n_epochs, stopping = self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
-        joint, self.history_, rule = train_joint(config, net, torch.from_numpy(anomalies).to(device), pool_t,
-                                                 torch.from_numpy(confirmed).to(device), es_X, es_y, rng, n_epochs,
-                                                 stopping)
+        joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, es_X, es_y, rng,
+                                                 n_epochs, stopping)
         summary.update(joint)
         summary["n_prototypes"] = int(net.prototypes.shape[0])
         return net, summary
