@@ -111,6 +111,8 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-c7": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout", "scorer_features": True},
     # Fourth round (benchmarks/results/dev/issue12_fewlabel_round4.md): c7 only below 2 labelled anomalies.
     "mnp-c8": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout", "scorer_features": "auto"},
+    # Fifth round (benchmarks/results/dev/issue12_round5_c9.md): pre12's budget with c8's gate.
+    "mnp-c9": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec", "scorer_features": "auto"},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
