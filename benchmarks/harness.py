@@ -10,8 +10,10 @@ non-finite scores) becomes a row with NaN metrics and the error text instead of 
 Methods (names as in the CLI):
 
 - ``mnp``: the product's MNP, ``trainer.training.PRODUCT_MNP_PARAMS`` (label-frugal, three
-  independent members averaged, the spec's likelihood weighting); ``mnp-spec`` / ``mnp-off``: the
-  same with the spec's weighting / none (the contamination benchmark);
+  independent members averaged, the spec's likelihood weighting, 200-epoch budget, raw features
+  to the scorer with one labelled anomaly; chosen in issue 12's fifth round, ``mnp-c9``);
+- ``mnp-spec`` / ``mnp-off`` / ``mnp-rank`` / ``mnp-adaptive``: the weighting comparisons of the
+  contamination benchmark, on ``mnp-v0``'s 30-epoch budget (the product before round 5);
 - ``mnp-pre12``: what ``mnp`` was before issue 12 (200-epoch budget, the spec's weighting);
 - ``mnp-m1``: ``mnp-pre12`` with one member (what it was before the members were added);
 - ``mnp-faithful``: the reference code's behaviour (``variant="faithful"``) with the same labels
@@ -70,19 +72,22 @@ RESULT_COLUMNS = (
 
 _PRODUCT_BUDGET: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "max_epochs": 30,
                                    "pretrain_max_epochs": 30, "patience": 5, "n_members": 3}
+#: The product from stop 19 to round 5 of issue 12 (``mnp-v0``). The weighting comparisons keep it, so
+#: that their names mean what the contamination benchmark's rows were fitted with.
+_V0: dict[str, Any] = {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout"}
 
 #: MNP settings per method name (all take ``random_state`` and ``device`` on top).
 _MNP_PARAMS: dict[str, dict[str, Any]] = {
-    # The product's MNP (trainer.training.PRODUCT_MNP_PARAMS), and it with the spec's weighting / none.
+    # The product's MNP (trainer.training.PRODUCT_MNP_PARAMS).
     "mnp": PRODUCT_MNP_PARAMS,
-    "mnp-spec": {**PRODUCT_MNP_PARAMS, "weighting": "spec"},
-    "mnp-off": {**PRODUCT_MNP_PARAMS, "weighting": "off"},
-    # The data-set weighting strength (issue 12), an option of the product (trainer.weighting).
-    "mnp-adaptive": {**PRODUCT_MNP_PARAMS, "weighting": "adaptive"},
-    # Issue 12, second weighting candidate: normality from s_max and r percentiles, bound estimate.
-    "mnp-rank": {**PRODUCT_MNP_PARAMS, "weighting": "rank"},
+    # The weighting comparisons of the contamination benchmark, on v0's 30-epoch budget (their rows
+    # in benchmarks/results/contamination_weighting/ were fitted so): spec form, none, the two rules.
+    "mnp-spec": {**_V0, "weighting": "spec"},
+    "mnp-off": {**_V0, "weighting": "off"},
+    "mnp-adaptive": {**_V0, "weighting": "adaptive"},
+    "mnp-rank": {**_V0, "weighting": "rank"},
     # ... and with the prototypes placed a second time by the rule's weights (weighted_prototypes).
-    "mnp-rankwp": {**PRODUCT_MNP_PARAMS, "weighting": "rank", "weighted_prototypes": True},
+    "mnp-rankwp": {**_V0, "weighting": "rank", "weighted_prototypes": True},
     # What `mnp` was before issue 12: the class defaults' 200-epoch budget with patience 15, 3 members,
     # the spec's weighting (rows of benchmarks/results/tabular/results.csv renamed from `mnp`).
     "mnp-pre12": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec"},
@@ -95,7 +100,7 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Issue 12 development candidates, all on the product's budget (PRODUCT_MNP_PARAMS before the
     # issue: 30 joint / 30 pretraining epochs, patience 5, 3 members); decision record in
     # benchmarks/results/dev/issue12_decision.md.
-    "mnp-v0": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout"},
+    "mnp-v0": _V0,
     "mnp-c1": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "holdout"},
     "mnp-c2": {**_PRODUCT_BUDGET, "weighting": "adaptive", "joint_stopping": "fixed", "tail_average": 0.5},
     # c4 = c1 with 2+ labelled anomalies and c2 with one (joint_stopping="auto"): the same fits.

@@ -112,7 +112,7 @@ _WEIGHTING_RULE = Rule(_accepts_weighting, "'adaptive', 'rank', 'spec' or 'off' 
 _SCORER_FEATURES_RULE = Rule(lambda v: isinstance(v, bool) or v == "auto", "a bool or 'auto'")
 
 
-def scorer_gets_raw_features(setting: bool | str, n_labelled: int) -> bool:
+def _scorer_gets_raw_features(setting: bool | str, n_labelled: int) -> bool:
     """Whether a fit with ``n_labelled`` labelled anomalies feeds the scorer the raw features.
 
     "auto" switches them on below 2 labelled anomalies, the same line below which the spec
@@ -339,7 +339,7 @@ class MNPDetector(BaseDetector):
         # so all members have one architecture. Member 0 is exactly the one-member fit.
         # A warm start keeps its members' architecture, whatever "auto" would pick for these labels.
         self.scorer_features_ = (warm_start.network_.scorer_features if warm_start is not None
-                                 else scorer_gets_raw_features(self.scorer_features, int((y == 1).sum())))
+                                 else _scorer_gets_raw_features(self.scorer_features, int((y == 1).sum())))
         members, summaries, histories = [], [], []
         for i in range(self.n_members):
             member_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
