@@ -159,7 +159,7 @@ class Retrainer:
         # on it would alert more than the budget once live.
         outcome = self.consider(candidate, champion=champion, champion_version=champion_version, trigger=trigger,
                                 X_traffic=X_pool, held_y=held.y, held_X=held.X,
-                                summary={**summary, "fit_s": round(fit_s, 3), "warm_start": warm is not None},
+                                summary={**summary, "fit_s": round(fit_s, 3), "warm_start": _was_warm_started(candidate)},
                                 is_leader=is_leader, fit_s=fit_s, trusted=labels.trusted(),
                                 new_labels=labels.new_untrusted())
         self.stores.labels.mark_trained(labels.seq)
@@ -240,3 +240,9 @@ class Retrainer:
                         disagreement.by_analyst)
         else:
             labels.add_disagreement(disagreement.n_confident, disagreement.n_contradicting)
+
+
+def _was_warm_started(candidate: Any) -> bool:
+    """What the fit did, not what the settings asked: class-aware kinds always fit fresh, and MNP
+    starts fresh when the champion's scorer inputs differ from this fit's (``fit_mnp``)."""
+    return bool(getattr(candidate, "training_summary_", {}).get("warm_start", False))

@@ -49,10 +49,16 @@ class TrainingData:
 
 def fit_mnp(data: TrainingData, *, params: dict[str, Any] | None = None, warm_start: MNPDetector | None = None,
             random_state: int | None = None) -> MNPDetector:
-    """Fit MNP: labelled anomalies as X_A, the reservoir as X_U, confirmed normals with weight 1."""
+    """Fit MNP: labelled anomalies as X_A, the reservoir as X_U, confirmed normals with weight 1.
+
+    ``warm_start`` is dropped when its scorer takes other inputs than this fit's would."""
     X = np.concatenate([data.X_unlabelled, data.X_anomalies]).astype(np.float32)
     y = np.concatenate([np.zeros(len(data.X_unlabelled)), np.ones(len(data.X_anomalies))]).astype(np.int64)
     detector = MNPDetector(**{**PRODUCT_MNP_PARAMS, **(params or {}), "random_state": random_state})
+    if warm_start is not None and warm_start.scorer_features_ != detector.scorer_features_for(len(data.X_anomalies)):
+        # "auto" picks the scorer's inputs by the label count (one labelled anomaly: raw features as
+        # well), and a warm start keeps the champion's: once the labels cross that line, start fresh.
+        warm_start = None
     X_normal = data.X_normals if len(data.X_normals) else None
     return detector.fit(X, y, X_normal=X_normal, feature_names=list(data.feature_names), warm_start=warm_start)
 

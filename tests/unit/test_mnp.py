@@ -473,3 +473,23 @@ def test_auto_joint_stopping_holds_out_with_two_labels_and_averages_with_one(dat
     assert auto1.training_summary_["stop_reason"] == "tail_average" and auto1.training_summary_["epochs"] == 4
     np.testing.assert_array_equal(auto1.score(X_test),
                                   MNPDetector(**params, joint_stopping="fixed").fit(X, one_label).score(X_test))
+
+
+def test_a_retrain_starts_fresh_once_the_labels_cross_the_raw_feature_line(data) -> None:
+    """fit_mnp warm-starts from the champion only while "auto" would pick the champion's scorer inputs."""
+    from protoguard.trainer.training import TrainingData, fit_mnp
+
+    X, y, _, _ = data
+    anomalies, unlabelled = X[y == 1], X[y == 0]
+    params = {**TINY, "scorer_features": "auto", "n_members": 1}
+
+    def training(n_anomalies: int) -> TrainingData:
+        return TrainingData(X_unlabelled=unlabelled, X_anomalies=anomalies[:n_anomalies],
+                            X_normals=unlabelled[:0], feature_names=[f"f{i}" for i in range(X.shape[1])])
+
+    champion = fit_mnp(training(1), params=params, random_state=0)
+    assert champion.scorer_features_
+    fresh = fit_mnp(training(4), params=params, warm_start=champion, random_state=0)
+    assert not fresh.scorer_features_ and not fresh.training_summary_["warm_start"]
+    warm = fit_mnp(training(1), params={**params, "max_epochs": 1}, warm_start=champion, random_state=0)
+    assert warm.scorer_features_ and warm.training_summary_["warm_start"]

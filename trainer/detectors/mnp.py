@@ -244,6 +244,11 @@ class MNPDetector(BaseDetector):
         self.device = device
         self.random_state = random_state
 
+    def scorer_features_for(self, n_labelled: int) -> bool:
+        """Whether a fresh fit with ``n_labelled`` labelled anomalies feeds the scorer the raw features
+        (a retrainer compares it with a warm start's, which would keep its own)."""
+        return _scorer_gets_raw_features(self.scorer_features, n_labelled)
+
     # ------------------------------------------------------------------ validation of inputs
     def _check_params(self) -> None:
         check_params(self, {
