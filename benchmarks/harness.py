@@ -118,6 +118,8 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-c8": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout", "scorer_features": "auto"},
     # Fifth round (benchmarks/results/dev/issue12_round5_c9.md): pre12's budget with c8's gate.
     "mnp-c9": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec", "scorer_features": "auto"},
+    # ... and without likelihood weighting: the weighting at the product's budget (issue12_weighting_c9_budget.md).
+    "mnp-c9-off": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "off", "scorer_features": "auto"},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
