@@ -112,14 +112,6 @@ _WEIGHTING_RULE = Rule(_accepts_weighting, "'adaptive', 'rank', 'spec' or 'off' 
 _SCORER_FEATURES_RULE = Rule(lambda v: isinstance(v, bool) or v == "auto", "a bool or 'auto'")
 
 
-def _scorer_gets_raw_features(setting: bool | str, n_labelled: int) -> bool:
-    """Whether a fit with ``n_labelled`` labelled anomalies feeds the scorer the raw features.
-
-    "auto" switches them on below 2 labelled anomalies, the same line below which the spec
-    drops early stopping: with one labelled anomaly every choice rests on that one row."""
-    return setting is True or (setting == "auto" and n_labelled < 2)
-
-
 class MNPDetector(BaseDetector):
     """Weakly supervised detector: K normal prototypes + reconstruction + a learned scorer.
 
@@ -246,8 +238,11 @@ class MNPDetector(BaseDetector):
 
     def scorer_features_for(self, n_labelled: int) -> bool:
         """Whether a fresh fit with ``n_labelled`` labelled anomalies feeds the scorer the raw features
-        (a retrainer compares it with a warm start's, which would keep its own)."""
-        return _scorer_gets_raw_features(self.scorer_features, n_labelled)
+        (a retrainer compares it with a warm start's, which would keep its own).
+
+        "auto" switches them on below 2 labelled anomalies, the same line below which the spec
+        drops early stopping: with one labelled anomaly every choice rests on that one row."""
+        return self.scorer_features is True or (self.scorer_features == "auto" and n_labelled < 2)
 
     # ------------------------------------------------------------------ validation of inputs
     def _check_params(self) -> None:
@@ -344,7 +339,7 @@ class MNPDetector(BaseDetector):
         # so all members have one architecture. Member 0 is exactly the one-member fit.
         # A warm start keeps its members' architecture, whatever "auto" would pick for these labels.
         self.scorer_features_ = (warm_start.network_.scorer_features if warm_start is not None
-                                 else _scorer_gets_raw_features(self.scorer_features, int((y == 1).sum())))
+                                 else self.scorer_features_for(int((y == 1).sum())))
         members, summaries, histories = [], [], []
         for i in range(self.n_members):
             member_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
