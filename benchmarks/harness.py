@@ -120,6 +120,8 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-c9": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec", "scorer_features": "auto"},
     # ... and without likelihood weighting: the weighting at the product's budget (issue12_weighting_c9_budget.md).
     "mnp-c9-off": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "off", "scorer_features": "auto"},
+    # Sixth round (benchmarks/results/dev/issue12_round6_members.md): c9 with five members.
+    "mnp-c10": {"variant": "fixed", "validation": "frugal", "n_members": 5, "weighting": "spec", "scorer_features": "auto"},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
