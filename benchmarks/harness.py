@@ -122,6 +122,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     "mnp-c9-off": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "off", "scorer_features": "auto"},
     # Sixth round (benchmarks/results/dev/issue12_round6_members.md): c9 with five members.
     "mnp-c10": {"variant": "fixed", "validation": "frugal", "n_members": 5, "weighting": "spec", "scorer_features": "auto"},
+    # Seventh round (benchmarks/results/dev/issue12_round7_fewlabel_members.md): five members only with one label.
+    "mnp-c11": {"variant": "fixed", "validation": "frugal", "n_members": 3, "single_label_members": 5, "weighting": "spec",
+                "scorer_features": "auto"},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

@@ -339,10 +339,15 @@ def test_members_round_trip_through_safetensors_and_warm_start(data, fitted: MNP
     params = {k: v for k, v in old_manifest.params.items() if k != "n_members"}
     old = MNPDetector.load(old_blob, old_manifest.model_copy(update={"params": params}))
     np.testing.assert_array_equal(old.score(X_test), fitted.score(X_test))
-    # Asking for more members than the blob holds is an integrity error, not a silent partial model.
-    lying = manifest.model_copy(update={"params": {**manifest.params, "n_members": 3}})
+    # Asking for more members than the blob holds is an integrity error, not a silent partial model:
+    # the count a fit used is in its summary, and files written before that, in the parameter.
+    lying = manifest.model_copy(update={"training_summary": {**manifest.training_summary, "n_members": 3}})
     with pytest.raises(ModelIntegrityError, match="lack tensors"):
         MNPDetector.load(blob, lying)
+    older = {k: v for k, v in manifest.training_summary.items() if k != "n_members"}
+    lying_older = manifest.model_copy(update={"params": {**manifest.params, "n_members": 3}, "training_summary": older})
+    with pytest.raises(ModelIntegrityError, match="lack tensors"):
+        MNPDetector.load(blob, lying_older)
     # Warm start from a one-member champion seeds every member from it.
     warm = MNPDetector(**{**TINY, "n_members": 2, "max_epochs": 1}).fit(X, y, warm_start=fitted)
     assert len(warm.members_) == 2 and warm.n_prototypes_ == fitted.n_prototypes_
@@ -493,3 +498,25 @@ def test_a_retrain_starts_fresh_once_the_labels_cross_the_raw_feature_line(data)
     assert not fresh.scorer_features_ and not fresh.training_summary_["warm_start"]
     warm = fit_mnp(training(1), params={**params, "max_epochs": 1}, warm_start=champion, random_state=0)
     assert warm.scorer_features_ and warm.training_summary_["warm_start"]
+
+
+def test_single_label_members_are_fitted_only_below_two_labelled_anomalies(data) -> None:
+    """With one label the extra members are added after the usual ones (which stay bit for bit the
+    same), the file round-trips, and with several labels the fit is the plain one."""
+    X, y, X_test, _ = data
+    one_label = np.zeros_like(y)
+    one_label[np.flatnonzero(y == 1)[0]] = 1
+    params = {**TINY, "n_members": 1, "single_label_members": 2}
+    det = MNPDetector(**params).fit(X, one_label)
+    assert det.n_members_ == len(det.members_) == det.training_summary_["n_members"] == 2
+    plain = MNPDetector(**{**params, "single_label_members": None}).fit(X, one_label)
+    assert plain.n_members_ == 1
+    for mine, theirs in zip(det.members_[0].state_dict().values(), plain.members_[0].state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert not np.array_equal(det.score(X_test), plain.score(X_test))
+    loaded = MNPDetector.load(*det.save())
+    assert loaded.n_members_ == 2
+    np.testing.assert_array_equal(loaded.score(X_test), det.score(X_test))
+    several = MNPDetector(**params).fit(X, y)
+    assert several.n_members_ == 1 and several.members_for(int(y.sum())) == 1 and det.members_for(1) == 2
+    np.testing.assert_array_equal(several.score(X_test), MNPDetector(**{**params, "single_label_members": None}).fit(X, y).score(X_test))

@@ -51,6 +51,7 @@ def test_the_first_broken_rule_is_named_with_its_value() -> None:
 
 @pytest.mark.parametrize(("detector", "param", "words"), [
     (MNPDetector(n_members=True), "n_members", "an int >= 1"),
+    (MNPDetector(single_label_members=0), "single_label_members", "an int >= 1 or None"),
     (MNPDetector(validation="holdout"), "validation", "'reference', 'frugal' or 'fixed_epochs'"),
     (HGADDetector(label_smoothing=1.0), "label_smoothing", r"a float in \[0, 1\)"),
     (HGADDetector(use_mi=1), "use_mi", "a bool"),

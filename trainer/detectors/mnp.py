@@ -164,13 +164,18 @@ class MNPDetector(BaseDetector):
         Independent fits (own pretraining, prototypes, hold-outs; one K) whose scores ``score``
         averages. Not in the spec: it trades n_members x the fit and scoring time for less
         seed-to-seed variance when few anomalies are labelled.
+    single_label_members : int or None
+        Members fitted instead when fewer than 2 anomalies are labelled (None: ``n_members``). With
+        one label there is nothing to early-stop on and every member rests on that one row, so
+        seed-to-seed variance is largest there; ``n_members_`` says what a fit used
+        (``benchmarks/results/dev/issue12_round7_fewlabel_members.md``).
     scale : bool
         Fit a MinMax scaler on ``X``; scoring applies ``(x - scaler_min_) / scaler_scale_``.
     Other parameters are the spec's section 9 hyperparameters under their obvious names.
 
     Attributes
     ----------
-    members_ : list of MNPNetwork, one per member; network_ is members_[0].
+    members_ : list of MNPNetwork, one per member (``n_members_`` of them); network_ is members_[0].
     stacked_ : StackedMNP, the members' weights stacked for one batched forward (``score``,
         ``explain``, ``likelihood_weights``); rebuilt from ``members_`` by fit and load.
     network_, encoder_, decoder_, scorer_ : torch modules of the fitted model (member 0).
@@ -208,7 +213,7 @@ class MNPDetector(BaseDetector):
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
-        n_members: int = 1, scale: bool = True, device: str = "auto", random_state: int | None = None,
+        n_members: int = 1, single_label_members: int | None = None, scale: bool = True, device: str = "auto", random_state: int | None = None,
     ) -> None:
         self.n_prototypes = n_prototypes
         self.variant = variant
@@ -232,6 +237,7 @@ class MNPDetector(BaseDetector):
         self.dwa_temperature = dwa_temperature
         self.validation = validation
         self.n_members = n_members
+        self.single_label_members = single_label_members
         self.scale = scale
         self.device = device
         self.random_state = random_state
@@ -244,6 +250,13 @@ class MNPDetector(BaseDetector):
         drops early stopping: with one labelled anomaly every choice rests on that one row."""
         return self.scorer_features is True or (self.scorer_features == "auto" and n_labelled < 2)
 
+    def members_for(self, n_labelled: int) -> int:
+        """How many members a fit with ``n_labelled`` labelled anomalies trains (same line as
+        ``scorer_features_for``: below 2 labels the spec drops early stopping)."""
+        if n_labelled < 2 and self.single_label_members is not None:
+            return self.single_label_members
+        return self.n_members
+
     # ------------------------------------------------------------------ validation of inputs
     def _check_params(self) -> None:
         check_params(self, {
@@ -251,6 +264,7 @@ class MNPDetector(BaseDetector):
             "validation": one_of("reference", "frugal", "fixed_epochs"),
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
+            "single_label_members": optional(int_at_least(1)),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
                              "n_members"), int_at_least(1)),
             **dict.fromkeys(("max_epochs", "pretrain_max_epochs"), int_at_least(0)),
@@ -340,8 +354,9 @@ class MNPDetector(BaseDetector):
         # A warm start keeps its members' architecture, whatever "auto" would pick for these labels.
         self.scorer_features_ = (warm_start.network_.scorer_features if warm_start is not None
                                  else self.scorer_features_for(int((y == 1).sum())))
+        self.n_members_ = self.members_for(int((y == 1).sum()))
         members, summaries, histories = [], [], []
-        for i in range(self.n_members):
+        for i in range(self.n_members_):
             member_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
             if i > 0:
                 torch.manual_seed(member_seed)
@@ -356,7 +371,8 @@ class MNPDetector(BaseDetector):
             histories.append(self.history_)
         summary = summaries[0]
         summary["scorer_features"] = self.scorer_features_
-        if self.n_members > 1:
+        summary["n_members"] = self.n_members_
+        if self.n_members_ > 1:
             summary["members"] = [{k: m.get(k) for k in ("epochs", "stop_reason", "best_epoch", "best_val_error", "pretrain_epochs",
                                                        "likelihood_rule")}
                                   for m in summaries]
@@ -587,11 +603,12 @@ class MNPDetector(BaseDetector):
         n_features, k = len(manifest.feature_names), manifest.n_prototypes
         if k is None or manifest.scaler is None or len(manifest.scaler.offset) != n_features:
             raise ModelIntegrityError("manifest lacks n_prototypes or a scaler matching its feature names")
-        # Manifests written before n_members existed describe one network.
-        det.n_members = int(manifest.params.get("n_members", 1))
+        # Manifests written before n_members existed describe one network; before single_label_members,
+        # the parameter alone says how many members a file holds.
+        det.n_members_ = int(manifest.training_summary.get("n_members", manifest.params.get("n_members", 1)))
         # Manifests written before "auto" existed hold a bool parameter and no summary entry.
         det.scorer_features_ = bool(manifest.training_summary.get("scorer_features", det.scorer_features is True))
-        members = members_from_bytes(weights, manifest, n_members=det.n_members, n_emb=det.n_emb,
+        members = members_from_bytes(weights, manifest, n_members=det.n_members_, n_emb=det.n_emb,
                                      scorer_features=det.scorer_features_)
         det.device_ = resolve_device(det.device)
         det.n_features_in_, det.n_prototypes_ = n_features, k
@@ -599,6 +616,6 @@ class MNPDetector(BaseDetector):
         det.scaler_min_ = np.asarray(manifest.scaler.offset, np.float32)
         det.scaler_scale_ = np.asarray(manifest.scaler.scale, np.float32)
         det.training_summary_, det.history_ = dict(manifest.training_summary), []
-        det.likelihood_rules_ = saved_rules(det.training_summary_, det.n_members, det.weighting, det.beta)
+        det.likelihood_rules_ = saved_rules(det.training_summary_, det.n_members_, det.weighting, det.beta)
         det._set_members([net.to(det.device_).eval() for net in members])
         return det
