@@ -76,6 +76,10 @@ _PRODUCT_BUDGET: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "
 #: that their names mean what the contamination benchmark's rows were fitted with.
 _V0: dict[str, Any] = {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout"}
 
+#: Issue 12's fifth round (today's PRODUCT_MNP_PARAMS): pre12's 200-epoch budget, raw features to the
+#: scorer with one labelled anomaly.
+_C9: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec", "scorer_features": "auto"}
+
 #: MNP settings per method name (all take ``random_state`` and ``device`` on top).
 _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # The product's MNP (trainer.training.PRODUCT_MNP_PARAMS).
@@ -117,7 +121,7 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Fourth round (benchmarks/results/dev/issue12_fewlabel_round4.md): c7 only below 2 labelled anomalies.
     "mnp-c8": {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout", "scorer_features": "auto"},
     # Fifth round (benchmarks/results/dev/issue12_round5_c9.md): pre12's budget with c8's gate.
-    "mnp-c9": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec", "scorer_features": "auto"},
+    "mnp-c9": _C9,
     # ... and without likelihood weighting: the weighting at the product's budget (issue12_weighting_c9_budget.md).
     "mnp-c9-off": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "off", "scorer_features": "auto"},
     # Sixth round (benchmarks/results/dev/issue12_round6_members.md): c9 with five members.
@@ -125,6 +129,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Seventh round (benchmarks/results/dev/issue12_round7_fewlabel_members.md): five members only with one label.
     "mnp-c11": {"variant": "fixed", "validation": "frugal", "n_members": 3, "single_label_members": 5, "weighting": "spec",
                 "scorer_features": "auto"},
+    # Eighth round (benchmarks/results/dev/issue12_round8_single_label_epochs.md): c9 with another joint epoch
+    # count where a single anomaly is labelled (c9 = 20).
+    **{f"mnp-c9-e{n}": {**_C9, "single_label_epochs": n} for n in (10, 50, 100)},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

@@ -228,17 +228,16 @@ def test_validation_modes_and_extensions(data, fitted: MNPDetector) -> None:
     np.testing.assert_array_equal(warm.scaler_min_, fitted.scaler_min_)
 
 
-def test_frugal_without_holdout_caps_joint_epochs(data, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Frugal training with no anomaly hold-out runs a fixed epoch count (_FRUGAL_EPOCHS), capped by max_epochs."""
-    from protoguard.trainer.detectors import mnp
-
+def test_frugal_without_holdout_caps_joint_epochs(data) -> None:
+    """Frugal training with no anomaly hold-out runs single_label_epochs, capped by max_epochs."""
     X, y, _, _ = data
     one_label = y.copy()
     one_label[np.flatnonzero(y)[1:]] = 0
-    monkeypatch.setattr(mnp, "_FRUGAL_EPOCHS", 2)
-    det = MNPDetector(**{**TINY, "validation": "frugal", "max_epochs": 5}).fit(X, one_label)
+    det = MNPDetector(**{**TINY, "validation": "frugal", "max_epochs": 5, "single_label_epochs": 2}).fit(X, one_label)
     assert det.training_summary_["early_stopping"] is False
     assert det.training_summary_["epochs"] == 2 and det.training_summary_["stop_reason"] == "max_epochs"
+    capped = MNPDetector(**{**TINY, "validation": "frugal", "max_epochs": 3, "single_label_epochs": 50}).fit(X, one_label)
+    assert capped.training_summary_["epochs"] == 3
     # One labelled anomaly is too few to estimate the contamination: the spec's weighting applies.
     assert det.training_summary_["likelihood_rule"]["kind"] == "spec"
 

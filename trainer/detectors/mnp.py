@@ -57,11 +57,6 @@ _FRUGAL_ANOMALY_HOLDOUT = 0.2
 _FRUGAL_UNLABELLED_HOLDOUT = 0.1
 _FRUGAL_MAX_UNLABELLED_HOLDOUT = 5_000
 _FRUGAL_MIN_UNLABELLED_FOR_HOLDOUT = 50
-# joint_stopping="holdout" with fewer than 2 labelled anomalies: nothing can be held out, so a fixed
-# count applies (resolution of spec Q5, which says "a fixed 50-100 epochs"). Its history, and why
-# the number is not tuning-free, is in benchmarks/results/mnp_frugal_diagnosis.md section 2.
-_FRUGAL_EPOCHS = 20
-
 
 @dataclass(frozen=True)
 class MNPExplanation:
@@ -140,10 +135,16 @@ class MNPDetector(BaseDetector):
         Slope of the spec's likelihood sigmoid sigmoid(beta * s_max) (``weighting="spec"`` only).
     joint_stopping : {"auto", "holdout", "fixed"}
         Label-frugal joint stage: "holdout" early-stops on held-out unlabelled rows plus 20 % of
-        the labelled anomalies (a fixed 20 epochs below 2 labelled anomalies); "fixed" trains
+        the labelled anomalies (``single_label_epochs`` below 2 labelled anomalies); "fixed" trains
         ``max_epochs`` on every labelled anomaly and ends on the average of the last
         ``tail_average`` share of epochs; "auto" is "holdout" with 2 or more labelled anomalies and
         "fixed" below. Ignored by ``validation="reference"``.
+    single_label_epochs : int
+        Joint epochs with ``joint_stopping="holdout"`` when nothing can be held out (fewer than 2
+        labelled anomalies), capped by ``max_epochs``. resolution of spec Q5, which says "a fixed
+        50-100 epochs": a lone labelled anomaly overtrains the scorer long before that. 20 was first
+        chosen on test scores (``benchmarks/results/mnp_frugal_diagnosis.md`` section 2); issue 12's
+        eighth round put it to the validation part (``benchmarks/results/dev/issue12_round8_single_label_epochs.md``).
     tail_average : float in [0, 1]
         Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
     scorer_features : bool or "auto"
@@ -209,7 +210,7 @@ class MNPDetector(BaseDetector):
     def __init__(
         self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed",
         weighting: Weighting | bool = "adaptive", beta: float = 1.0, joint_stopping: JointStopping = "holdout",
-        tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False, weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
+        single_label_epochs: int = 20, tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False, weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
@@ -220,6 +221,7 @@ class MNPDetector(BaseDetector):
         self.weighting = weighting
         self.beta = beta
         self.joint_stopping = joint_stopping
+        self.single_label_epochs = single_label_epochs
         self.tail_average = tail_average
         self.scorer_features = scorer_features
         self.weighted_prototypes = weighted_prototypes
@@ -266,7 +268,7 @@ class MNPDetector(BaseDetector):
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
             "single_label_members": optional(int_at_least(1)),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
-                             "n_members"), int_at_least(1)),
+                             "n_members", "single_label_epochs"), int_at_least(1)),
             **dict.fromkeys(("max_epochs", "pretrain_max_epochs"), int_at_least(0)),
             **dict.fromkeys(("lr", "dwa_temperature"), real_in(0, low_open=True)),
             **dict.fromkeys(("beta", "weight_decay", "margin", "lambda_kl"), real_in(0)),
@@ -442,7 +444,7 @@ class MNPDetector(BaseDetector):
             # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
             n_epochs, stopping = self.max_epochs, "fixed"
         elif val is None and self.validation == "frugal" and holdout and es_X is None:
-            n_epochs, stopping = min(self.max_epochs, _FRUGAL_EPOCHS), "holdout"
+            n_epochs, stopping = min(self.max_epochs, self.single_label_epochs), "holdout"
         elif val is not None or self.validation == "fixed_epochs":
             n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where es_X exists
         else:
