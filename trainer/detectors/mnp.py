@@ -144,7 +144,9 @@ class MNPDetector(BaseDetector):
         labelled anomalies), capped by ``max_epochs``. resolution of spec Q5, which says "a fixed
         50-100 epochs": a lone labelled anomaly overtrains the scorer long before that. 20 was first
         chosen on test scores (``benchmarks/results/mnp_frugal_diagnosis.md`` section 2); issue 12's
-        eighth round put it to the validation part (``benchmarks/results/dev/issue12_round8_single_label_epochs.md``).
+        eighth round put it to the validation part, which chose 10 for the product
+        (``benchmarks/results/dev/issue12_round8_single_label_epochs.md``); 20 stays the default so
+        that earlier benchmark rows reproduce.
     tail_average : float in [0, 1]
         Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
     scorer_features : bool or "auto"
