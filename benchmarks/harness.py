@@ -78,7 +78,8 @@ _V0: dict[str, Any] = {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping":
 
 #: Issue 12's fifth round (today's PRODUCT_MNP_PARAMS): pre12's 200-epoch budget, raw features to the
 #: scorer with one labelled anomaly.
-_C9: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec", "scorer_features": "auto"}
+_C9: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec",
+                       "scorer_features": "auto"}
 
 #: MNP settings per method name (all take ``random_state`` and ``device`` on top).
 _MNP_PARAMS: dict[str, dict[str, Any]] = {

@@ -212,11 +212,13 @@ class MNPDetector(BaseDetector):
     def __init__(
         self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed",
         weighting: Weighting | bool = "adaptive", beta: float = 1.0, joint_stopping: JointStopping = "holdout",
-        single_label_epochs: int = 20, tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False, weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
+        single_label_epochs: int = 20, tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False,
+        weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
-        n_members: int = 1, single_label_members: int | None = None, scale: bool = True, device: str = "auto", random_state: int | None = None,
+        n_members: int = 1, single_label_members: int | None = None, scale: bool = True, device: str = "auto",
+        random_state: int | None = None,
     ) -> None:
         self.n_prototypes = n_prototypes
         self.variant = variant
