@@ -124,12 +124,11 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Fifth round (benchmarks/results/dev/issue12_round5_c9.md): pre12's budget with c8's gate.
     "mnp-c9": _C9,
     # ... and without likelihood weighting: the weighting at the product's budget (issue12_weighting_c9_budget.md).
-    "mnp-c9-off": {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "off", "scorer_features": "auto"},
+    "mnp-c9-off": {**_C9, "weighting": "off"},
     # Sixth round (benchmarks/results/dev/issue12_round6_members.md): c9 with five members.
-    "mnp-c10": {"variant": "fixed", "validation": "frugal", "n_members": 5, "weighting": "spec", "scorer_features": "auto"},
+    "mnp-c10": {**_C9, "n_members": 5},
     # Seventh round (benchmarks/results/dev/issue12_round7_fewlabel_members.md): five members only with one label.
-    "mnp-c11": {"variant": "fixed", "validation": "frugal", "n_members": 3, "single_label_members": 5, "weighting": "spec",
-                "scorer_features": "auto"},
+    "mnp-c11": {**_C9, "single_label_members": 5},
     # Eighth round (benchmarks/results/dev/issue12_round8_single_label_epochs.md): c9 with another joint epoch
     # count where a single anomaly is labelled (c9 = 20).
     **{f"mnp-c9-e{n}": {**_C9, "single_label_epochs": n} for n in (10, 50, 100)},

@@ -358,9 +358,10 @@ class MNPDetector(BaseDetector):
         # and ``score`` averages them. Members share only K: member 0 chooses it, the others reuse it,
         # so all members have one architecture. Member 0 is exactly the one-member fit.
         # A warm start keeps its members' architecture, whatever "auto" would pick for these labels.
+        n_labelled = int((y == 1).sum())
         self.scorer_features_ = (warm_start.network_.scorer_features if warm_start is not None
-                                 else self.scorer_features_for(int((y == 1).sum())))
-        self.n_members_ = self.members_for(int((y == 1).sum()))
+                                 else self.scorer_features_for(n_labelled))
+        self.n_members_ = self.members_for(n_labelled)
         members, summaries, histories = [], [], []
         for i in range(self.n_members_):
             member_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
