@@ -132,6 +132,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Eighth round (benchmarks/results/dev/issue12_round8_single_label_epochs.md): c9 with another joint epoch
     # count where a single anomaly is labelled (c9 = 20).
     **{f"mnp-c9-e{n}": {**_C9, "single_label_epochs": n} for n in (10, 50, 100)},
+    # Ninth round (benchmarks/results/dev/issue12_round9_holdout_signal.md): the product with the joint
+    # stage early-stopped on the hold-out's AUC-ROC alone.
+    "mnp-c12": {**PRODUCT_MNP_PARAMS, "holdout_signal": "roc"},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

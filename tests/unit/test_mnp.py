@@ -14,9 +14,9 @@ from protoguard.schemas.errors import ConfigError, ModelIntegrityError, NotFitte
 from protoguard.trainer.detectors.mnp import MNPDetector, MNPExplanation
 from protoguard.trainer.detectors.mnp_network import MNPNetwork
 from protoguard.trainer.detectors.mnp_prototypes import reweighted_prototypes
-from protoguard.trainer.detectors.mnp_training import forward_scores
+from protoguard.trainer.detectors.mnp_training import forward_scores, validation_error
 from protoguard.trainer.detectors.mnp_weighting import LikelihoodRule
-from protoguard.trainer.evaluation import detection_metrics
+from protoguard.trainer.evaluation import auc_pr_trapz, detection_metrics
 
 torch.set_num_threads(1)
 
@@ -520,3 +520,27 @@ def test_single_label_members_are_fitted_only_below_two_labelled_anomalies(data)
     assert several.n_members_ == 1 and several.members_for(int(y.sum())) == 1 and det.members_for(1) == 2
     plain_several = MNPDetector(**{**params, "single_label_members": None}).fit(X, y)
     np.testing.assert_array_equal(several.score(X_test), plain_several.score(X_test))
+
+
+def test_holdout_signal_roc_reads_only_the_rank_of_the_held_out_anomalies(data) -> None:
+    """validation_error: "roc" is (1 - AUC-ROC) alone; the reference's sum adds (1 - AUC-PR). A hidden
+    anomaly called normal above the one held-out anomaly halves AUC-PR but costs AUC-ROC one rank."""
+    y = np.r_[np.zeros(99, np.int64), 1, 0]
+    scores = np.r_[np.linspace(0, 0.5, 99), 0.9, 1.0].astype(np.float32)  # the last "normal" is hidden
+    roc_error, _ = validation_error(y, scores, "roc")
+    both, _ = validation_error(y, scores)
+    assert roc_error == pytest.approx(0.01)
+    assert both == pytest.approx(roc_error + 1 - auc_pr_trapz(y, scores)) and both > 0.4
+    assert validation_error(y, np.full(len(y), np.nan, np.float32), "roc") == (1.0, True)
+    # In a fit the hold-out's history records the chosen signal, and the stopping follows it.
+    X, y_train, _, _ = data
+    params = {**TINY, "validation": "frugal", "max_epochs": 4, "patience": 10}
+    roc = MNPDetector(**params, holdout_signal="roc").fit(X, y_train)
+    ref = MNPDetector(**params).fit(X, y_train)
+    assert roc.training_summary_["early_stopping"] is True
+    roc_values = [h["val_error"] for h in roc.history_]
+    assert all(0 <= v <= 1 for v in roc_values) and roc.training_summary_["best_val_error"] == pytest.approx(min(roc_values), abs=1e-6)
+    # Same fit up to the stop: the reference's value is never below the AUC-ROC part alone.
+    assert all(r >= v - 1e-9 for r, v in zip([h["val_error"] for h in ref.history_], roc_values))
+    with pytest.raises(ConfigError, match="holdout_signal"):
+        MNPDetector(**params, holdout_signal="pr").fit(X, y_train)

@@ -33,7 +33,7 @@ from .mnp_network import MNPNetwork
 from .mnp_persistence import members_from_bytes, members_to_bytes, saved_rules
 from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
-from .mnp_training import JointStopping, TrainingConfig, estimate_rule, pretrain, train_joint
+from .mnp_training import HoldoutSignal, JointStopping, TrainingConfig, estimate_rule, pretrain, train_joint
 from .mnp_weighting import LikelihoodRule, Weighting, normalise_weighting
 from .params import Rule, boolean, check_params, int_at_least, one_of, optional, real_in
 
@@ -147,6 +147,11 @@ class MNPDetector(BaseDetector):
         eighth round put it to the validation part, which chose 10 for the product
         (``benchmarks/results/dev/issue12_round8_single_label_epochs.md``); 20 stays the default so
         that earlier benchmark rows reproduce.
+    holdout_signal : {"pr_roc", "roc"}
+        What the joint stage's early stopping minimises on its hold-out: the reference's
+        (1 - AUC-PR) + (1 - AUC-ROC), or (1 - AUC-ROC) alone, which hidden anomalies among the
+        held-out unlabelled rows disturb far less (:func:`.mnp_training.validation_error`; issue 12,
+        ``benchmarks/results/dev/issue12_round9_holdout_signal.md``).
     tail_average : float in [0, 1]
         Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
     scorer_features : bool or "auto"
@@ -212,7 +217,7 @@ class MNPDetector(BaseDetector):
     def __init__(
         self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed",
         weighting: Weighting | bool = "adaptive", beta: float = 1.0, joint_stopping: JointStopping = "holdout",
-        single_label_epochs: int = 20, tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False,
+        single_label_epochs: int = 20, holdout_signal: HoldoutSignal = "pr_roc", tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False,
         weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, weight_decay: float = 5e-4, margin: float = 0.02,
@@ -226,6 +231,7 @@ class MNPDetector(BaseDetector):
         self.beta = beta
         self.joint_stopping = joint_stopping
         self.single_label_epochs = single_label_epochs
+        self.holdout_signal = holdout_signal
         self.tail_average = tail_average
         self.scorer_features = scorer_features
         self.weighted_prototypes = weighted_prototypes
@@ -269,6 +275,7 @@ class MNPDetector(BaseDetector):
             "n_prototypes": optional(int_at_least(1)), "variant": one_of("faithful", "fixed"),
             "validation": one_of("reference", "frugal", "fixed_epochs"),
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
+            "holdout_signal": one_of("pr_roc", "roc"),
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
             "single_label_members": optional(int_at_least(1)),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
@@ -467,6 +474,7 @@ class MNPDetector(BaseDetector):
             n_batches_per_epoch=self.n_batches_per_epoch, pretrain_max_epochs=self.pretrain_max_epochs,
             patience=self.patience, lr=self.lr, weight_decay=self.weight_decay, margin=self.margin,
             lambda_kl=self.lambda_kl, dwa_temperature=self.dwa_temperature, tail_average=self.tail_average,
+            holdout_signal=self.holdout_signal,
         )
 
     def _set_members(self, members: list[MNPNetwork]) -> None:
