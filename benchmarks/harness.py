@@ -135,6 +135,10 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Ninth round (benchmarks/results/dev/issue12_round9_holdout_signal.md): the product with the joint
     # stage early-stopped on the hold-out's AUC-ROC alone.
     "mnp-c12": {**PRODUCT_MNP_PARAMS, "holdout_signal": "roc"},
+    # Tenth round (benchmarks/results/dev/issue12_round10_joint_lr.md): the product with a smaller Adam
+    # rate in the joint stage only (the spec's is 0.005 for every stage).
+    "mnp-c13": {**PRODUCT_MNP_PARAMS, "joint_lr": 0.0025},
+    "mnp-c14": {**PRODUCT_MNP_PARAMS, "joint_lr": 0.001},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

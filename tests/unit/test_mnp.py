@@ -544,3 +544,21 @@ def test_holdout_signal_roc_reads_only_the_rank_of_the_held_out_anomalies(data) 
     assert all(r >= v - 1e-9 for r, v in zip([h["val_error"] for h in ref.history_], roc_values))
     with pytest.raises(ConfigError, match="holdout_signal"):
         MNPDetector(**params, holdout_signal="pr").fit(X, y_train)
+
+
+def test_joint_lr_changes_only_the_joint_stage(data) -> None:
+    """joint_lr=None is the spec's single rate bit for bit; another rate leaves pretraining and the
+    prototypes alone (same random draws) and changes only what the joint stage learns."""
+    X, y, X_test, _ = data
+    base = MNPDetector(**TINY).fit(X, y)
+    same = MNPDetector(**TINY, joint_lr=TINY.get("lr", 0.005)).fit(X, y)
+    np.testing.assert_array_equal(base.score(X_test), same.score(X_test))
+    slow = MNPDetector(**TINY, joint_lr=1e-4).fit(X, y)
+    assert slow.training_summary_["pretrain_epochs"] == base.training_summary_["pretrain_epochs"]
+    assert slow.training_summary_["silhouette"] == base.training_summary_["silhouette"]
+    assert not np.array_equal(slow.score(X_test), base.score(X_test))
+    # A smaller step moves the prototypes (trained jointly) less far from where k-means put them.
+    start = MNPDetector(**{**TINY, "max_epochs": 0}).fit(X, y).prototypes_
+    assert np.abs(slow.prototypes_ - start).max() < np.abs(base.prototypes_ - start).max()
+    with pytest.raises(ConfigError, match="joint_lr"):
+        MNPDetector(**TINY, joint_lr=0.0).fit(X, y)

@@ -68,9 +68,10 @@ class TrainingConfig:
     dwa_temperature: float
     tail_average: float
     holdout_signal: HoldoutSignal = "pr_roc"
+    joint_lr: float | None = None
 
-    def adam(self, params: Any) -> torch.optim.Adam:
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+    def adam(self, params: Any, lr: float | None = None) -> torch.optim.Adam:
+        return torch.optim.Adam(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay)
 
 
 class EarlyStopping:
@@ -216,7 +217,7 @@ def train_joint(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor
     schedule instead of stopping on one or two held-out anomalies; all labelled anomalies train.
     """
     faithful = config.faithful
-    opt = config.adam(net.parameters())
+    opt = config.adam(net.parameters(), config.joint_lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[_LR_MILESTONE], gamma=_LR_GAMMA)
     device = pool.device
     prev = torch.ones(3, device=device)  # previous-epoch loss means; 1 in the first epoch (spec 6.7)
