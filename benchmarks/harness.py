@@ -139,6 +139,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # rate in the joint stage only (the spec's is 0.005 for every stage).
     "mnp-c13": {**PRODUCT_MNP_PARAMS, "joint_lr": 0.0025},
     "mnp-c14": {**PRODUCT_MNP_PARAMS, "joint_lr": 0.001},
+    # Eleventh round (benchmarks/results/dev/issue12_round11_weight_average.md): the product with the
+    # hold-out reading an exponential average of the joint stage's weights over about one epoch.
+    "mnp-c15": {**PRODUCT_MNP_PARAMS, "joint_average_epochs": 1.0},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

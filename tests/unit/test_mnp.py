@@ -14,7 +14,7 @@ from protoguard.schemas.errors import ConfigError, ModelIntegrityError, NotFitte
 from protoguard.trainer.detectors.mnp import MNPDetector, MNPExplanation
 from protoguard.trainer.detectors.mnp_network import MNPNetwork
 from protoguard.trainer.detectors.mnp_prototypes import reweighted_prototypes
-from protoguard.trainer.detectors.mnp_training import forward_scores, validation_error
+from protoguard.trainer.detectors.mnp_training import WeightAverage, forward_scores, validation_error
 from protoguard.trainer.detectors.mnp_weighting import LikelihoodRule
 from protoguard.trainer.evaluation import auc_pr_trapz, detection_metrics
 
@@ -562,3 +562,29 @@ def test_joint_lr_changes_only_the_joint_stage(data) -> None:
     assert np.abs(slow.prototypes_ - start).max() < np.abs(base.prototypes_ - start).max()
     with pytest.raises(ConfigError, match="joint_lr"):
         MNPDetector(**TINY, joint_lr=0.0).fit(X, y)
+
+
+def test_weight_average_is_bias_corrected_and_drives_the_stopper(data) -> None:
+    """WeightAverage counts only visited weights: after a then b it is (d*a + b) / (1 + d), with no
+    pull towards zero. In a fit the hold-out reads the averaged weights, so its values change, while
+    without a hold-out (validation="fixed_epochs") the option changes nothing."""
+    layer = torch.nn.Linear(2, 1)
+    average = WeightAverage(layer, decay=0.9)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        average.update(layer)
+        layer.weight.fill_(3.0)
+        average.update(layer)
+    np.testing.assert_allclose(average.state(layer)["weight"].numpy(), (0.9 * 1 + 3) / 1.9, rtol=1e-6)
+    X, y, X_test, _ = data
+    params = {**TINY, "validation": "frugal", "max_epochs": 4, "patience": 10}
+    plain = MNPDetector(**params).fit(X, y)
+    smoothed = MNPDetector(**params, joint_average_epochs=1.0).fit(X, y)
+    assert [h["loss"] for h in smoothed.history_] == [h["loss"] for h in plain.history_]  # same training path
+    assert [h["val_error"] for h in smoothed.history_] != [h["val_error"] for h in plain.history_]
+    again = MNPDetector(**params, joint_average_epochs=1.0).fit(X, y)
+    np.testing.assert_array_equal(again.score(X_test), smoothed.score(X_test))
+    np.testing.assert_array_equal(MNPDetector(**TINY, joint_average_epochs=1.0).fit(X, y).score(X_test),
+                                  MNPDetector(**TINY).fit(X, y).score(X_test))
+    with pytest.raises(ConfigError, match="joint_average_epochs"):
+        MNPDetector(**params, joint_average_epochs=-1.0).fit(X, y)

@@ -152,6 +152,11 @@ class MNPDetector(BaseDetector):
         (1 - AUC-PR) + (1 - AUC-ROC), or (1 - AUC-ROC) alone, which hidden anomalies among the
         held-out unlabelled rows disturb far less (:func:`.mnp_training.validation_error`; issue 12,
         ``benchmarks/results/dev/issue12_round9_holdout_signal.md``).
+    joint_average_epochs : float
+        With a hold-out to early-stop on, the stopper reads and keeps an exponential average of the
+        joint stage's weights over about this many epochs of steps (0: the last step's weights, as
+        the spec). departure (issue 12, round 11), against the epoch-to-epoch swings of the ranking
+        (``benchmarks/results/dev/issue12_round11_weight_average.md``).
     tail_average : float in [0, 1]
         Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
     scorer_features : bool or "auto"
@@ -224,10 +229,12 @@ class MNPDetector(BaseDetector):
     def __init__(
         self, *, n_prototypes: int | None = None, variant: MNPVariant = "fixed",
         weighting: Weighting | bool = "adaptive", beta: float = 1.0, joint_stopping: JointStopping = "holdout",
-        single_label_epochs: int = 20, holdout_signal: HoldoutSignal = "pr_roc", tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False,
+        single_label_epochs: int = 20, holdout_signal: HoldoutSignal = "pr_roc", joint_average_epochs: float = 0.0,
+        tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False,
         weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
-        patience: int = 15, lr: float = 0.005, joint_lr: float | None = None, weight_decay: float = 5e-4, margin: float = 0.02,
+        patience: int = 15, lr: float = 0.005, joint_lr: float | None = None, weight_decay: float = 5e-4,
+        margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
         n_members: int = 1, single_label_members: int | None = None, scale: bool = True, device: str = "auto",
         random_state: int | None = None,
@@ -239,6 +246,7 @@ class MNPDetector(BaseDetector):
         self.joint_stopping = joint_stopping
         self.single_label_epochs = single_label_epochs
         self.holdout_signal = holdout_signal
+        self.joint_average_epochs = joint_average_epochs
         self.tail_average = tail_average
         self.scorer_features = scorer_features
         self.weighted_prototypes = weighted_prototypes
@@ -283,7 +291,7 @@ class MNPDetector(BaseDetector):
             "n_prototypes": optional(int_at_least(1)), "variant": one_of("faithful", "fixed"),
             "validation": one_of("reference", "frugal", "fixed_epochs"),
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
-            "holdout_signal": one_of("pr_roc", "roc"),
+            "holdout_signal": one_of("pr_roc", "roc"), "joint_average_epochs": real_in(0),
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
             "single_label_members": optional(int_at_least(1)), "joint_lr": optional(real_in(0, low_open=True)),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
@@ -482,7 +490,7 @@ class MNPDetector(BaseDetector):
             n_batches_per_epoch=self.n_batches_per_epoch, pretrain_max_epochs=self.pretrain_max_epochs,
             patience=self.patience, lr=self.lr, weight_decay=self.weight_decay, margin=self.margin,
             lambda_kl=self.lambda_kl, dwa_temperature=self.dwa_temperature, tail_average=self.tail_average,
-            holdout_signal=self.holdout_signal, joint_lr=self.joint_lr,
+            holdout_signal=self.holdout_signal, joint_lr=self.joint_lr, joint_average_epochs=self.joint_average_epochs,
         )
 
     def _set_members(self, members: list[MNPNetwork]) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "HoldoutSignal",
     "JointStopping",
     "TrainingConfig",
+    "WeightAverage",
     "estimate_rule",
     "forward_scores",
     "pretrain",
@@ -69,6 +70,7 @@ class TrainingConfig:
     tail_average: float
     holdout_signal: HoldoutSignal = "pr_roc"
     joint_lr: float | None = None
+    joint_average_epochs: float = 0.0
 
     def adam(self, params: Any, lr: float | None = None) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay)
@@ -96,6 +98,27 @@ class EarlyStopping:
     def restore(self, module: nn.Module) -> None:
         if self.best_state is not None:
             module.load_state_dict(self.best_state)
+
+
+class WeightAverage:
+    """Exponential average of a module's floating-point weights over optimiser steps, bias-corrected
+    (started from zero and divided by the total weight), so only weights the run visited count."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.total = 0.0
+        self.sums = {k: torch.zeros_like(v) for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    def update(self, module: nn.Module) -> None:
+        with torch.no_grad():
+            for k, v in module.state_dict().items():
+                if k in self.sums:
+                    self.sums[k].mul_(self.decay).add_(v, alpha=1.0 - self.decay)
+        self.total = self.decay * self.total + (1.0 - self.decay)
+
+    def state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: self.sums[k] / self.total if k in self.sums else v.detach().clone()
+                for k, v in module.state_dict().items()}
 
 
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -226,6 +249,11 @@ def train_joint(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor
     stopper = EarlyStopping(config.patience)
     es_t = None if es_X is None or stopping != "holdout" else torch.from_numpy(es_X).to(device)
     n_average = math.ceil(config.tail_average * n_epochs) if stopping == "fixed" else 0
+    # departure (issue 12, round 11): with joint_average_epochs > 0 the hold-out reads, and the stopper
+    # keeps, an exponential average of the weights over about that many epochs of steps instead of
+    # the last step's weights (issue12_joint_epoch_probe.md: the raw ranking swings between epochs).
+    smoothed = (WeightAverage(net, 1.0 - 1.0 / (config.joint_average_epochs * config.n_batches_per_epoch))
+                if es_t is not None and config.joint_average_epochs > 0 else None)
     average: dict[str, torch.Tensor] | None = None
     n_averaged = 0
     history: list[dict[str, float]] = []
@@ -265,6 +293,8 @@ def train_joint(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if smoothed is not None:
+                smoothed.update(net)
             sums += torch.cat([loss.detach()[None], losses.detach()])
         sched.step()
         means = (sums / config.n_batches_per_epoch).tolist()
@@ -288,12 +318,16 @@ def train_joint(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor
         if es_t is None:
             continue
         assert es_y is not None
+        if smoothed is not None:
+            net.load_state_dict(smoothed.state(net))
         value, is_nan = validation_error(es_y, forward_scores(net, es_t), config.holdout_signal)
         record["val_error"] = value
         if is_nan or stopper.step(value, net, epoch):
             stopper.restore(net)
             stop_reason = "nan_scores" if is_nan else "early_stopping"
             break
+        if smoothed is not None:
+            net.load_state_dict(last_good)  # training goes on from the raw weights
     else:
         if es_t is not None and not faithful:  # Q7 fix; faithful keeps the last model
             stopper.restore(net)
