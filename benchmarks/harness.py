@@ -142,6 +142,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Eleventh round (benchmarks/results/dev/issue12_round11_weight_average.md): the product with the
     # hold-out reading an exponential average of the joint stage's weights over about one epoch.
     "mnp-c15": {**PRODUCT_MNP_PARAMS, "joint_average_epochs": 1.0},
+    # Twelfth round (benchmarks/results/dev/issue12_round12_single_label_lr.md): c14's rate only where a
+    # single anomaly is labelled (there it is c14's fit, bit for bit).
+    "mnp-c16": {**PRODUCT_MNP_PARAMS, "single_label_joint_lr": 0.001},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

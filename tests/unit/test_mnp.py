@@ -588,3 +588,17 @@ def test_weight_average_is_bias_corrected_and_drives_the_stopper(data) -> None:
                                   MNPDetector(**TINY).fit(X, y).score(X_test))
     with pytest.raises(ConfigError, match="joint_average_epochs"):
         MNPDetector(**params, joint_average_epochs=-1.0).fit(X, y)
+
+
+def test_single_label_joint_lr_applies_only_where_nothing_is_held_out(data) -> None:
+    """single_label_joint_lr: with one labelled anomaly the fit equals joint_lr at that rate; with
+    several (a hold-out exists) it changes nothing."""
+    X, y, X_test, _ = data
+    params = {**TINY, "validation": "frugal", "max_epochs": 4, "single_label_epochs": 3}
+    one_label = y.copy()
+    one_label[np.flatnonzero(y)[1:]] = 0
+    gated = MNPDetector(**params, single_label_joint_lr=1e-4).fit(X, one_label)
+    np.testing.assert_array_equal(gated.score(X_test), MNPDetector(**params, joint_lr=1e-4).fit(X, one_label).score(X_test))
+    assert not np.array_equal(gated.score(X_test), MNPDetector(**params).fit(X, one_label).score(X_test))
+    np.testing.assert_array_equal(MNPDetector(**params, single_label_joint_lr=1e-4).fit(X, y).score(X_test),
+                                  MNPDetector(**params).fit(X, y).score(X_test))

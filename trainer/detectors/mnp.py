@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -152,6 +153,10 @@ class MNPDetector(BaseDetector):
         (1 - AUC-PR) + (1 - AUC-ROC), or (1 - AUC-ROC) alone, which hidden anomalies among the
         held-out unlabelled rows disturb far less (:func:`.mnp_training.validation_error`; issue 12,
         ``benchmarks/results/dev/issue12_round9_holdout_signal.md``).
+    single_label_joint_lr : float or None
+        ``joint_lr`` for the fixed ``single_label_epochs`` schedule alone, where nothing can be held
+        out (None: ``joint_lr``). With one labelled anomaly every step fits that one row more
+        closely (issue 12, ``benchmarks/results/dev/issue12_round12_single_label_lr.md``).
     joint_average_epochs : float
         With a hold-out to early-stop on, the stopper reads and keeps an exponential average of the
         joint stage's weights over about this many epochs of steps (0: the last step's weights, as
@@ -233,7 +238,8 @@ class MNPDetector(BaseDetector):
         tail_average: float = 0.5, scorer_features: bool | Literal["auto"] = False,
         weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
-        patience: int = 15, lr: float = 0.005, joint_lr: float | None = None, weight_decay: float = 5e-4,
+        patience: int = 15, lr: float = 0.005, joint_lr: float | None = None,
+        single_label_joint_lr: float | None = None, weight_decay: float = 5e-4,
         margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
         n_members: int = 1, single_label_members: int | None = None, scale: bool = True, device: str = "auto",
@@ -259,6 +265,7 @@ class MNPDetector(BaseDetector):
         self.patience = patience
         self.lr = lr
         self.joint_lr = joint_lr
+        self.single_label_joint_lr = single_label_joint_lr
         self.weight_decay = weight_decay
         self.margin = margin
         self.lambda_kl = lambda_kl
@@ -293,7 +300,8 @@ class MNPDetector(BaseDetector):
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
             "holdout_signal": one_of("pr_roc", "roc"), "joint_average_epochs": real_in(0),
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
-            "single_label_members": optional(int_at_least(1)), "joint_lr": optional(real_in(0, low_open=True)),
+            "single_label_members": optional(int_at_least(1)),
+            **dict.fromkeys(("joint_lr", "single_label_joint_lr"), optional(real_in(0, low_open=True))),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
                              "n_members", "single_label_epochs"), int_at_least(1)),
             **dict.fromkeys(("max_epochs", "pretrain_max_epochs"), int_at_least(0)),
@@ -473,6 +481,8 @@ class MNPDetector(BaseDetector):
             n_epochs, stopping = self.max_epochs, "fixed"
         elif val is None and self.validation == "frugal" and holdout and es_X is None:
             n_epochs, stopping = min(self.max_epochs, self.single_label_epochs), "holdout"
+            if self.single_label_joint_lr is not None:
+                config = dataclasses.replace(config, joint_lr=self.single_label_joint_lr)
         elif val is not None or self.validation == "fixed_epochs":
             n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where es_X exists
         else:
