@@ -152,15 +152,17 @@ class MNPDetector(BaseDetector):
         What the joint stage's early stopping minimises on its hold-out: the reference's
         (1 - AUC-PR) + (1 - AUC-ROC), or (1 - AUC-ROC) alone, which hidden anomalies among the
         held-out unlabelled rows disturb far less (:func:`.mnp_training.validation_error`; issue 12,
-        ``benchmarks/results/dev/issue12_round9_holdout_signal.md``).
+        ``benchmarks/results/dev/issue12_round9_holdout_signal.md``: rejected, it changed little).
     single_label_joint_lr : float or None
         ``joint_lr`` for the fixed ``single_label_epochs`` schedule alone, where nothing can be held
-        out (None: ``joint_lr``). With one labelled anomaly every step fits that one row more
-        closely (issue 12, ``benchmarks/results/dev/issue12_round12_single_label_lr.md``).
+        out (None: ``joint_lr``). departure (issue 12, round 12): with one labelled anomaly every
+        step fits that one row more closely; the product uses 0.001, chosen on the validation part
+        (``benchmarks/results/dev/issue12_round12_single_label_lr.md``).
     joint_average_epochs : float
         With a hold-out to early-stop on, the stopper reads and keeps an exponential average of the
         joint stage's weights over about this many epochs of steps (0: the last step's weights, as
-        the spec). departure (issue 12, round 11), against the epoch-to-epoch swings of the ranking
+        the spec). departure (issue 12, round 11), against the epoch-to-epoch swings of the ranking;
+        rejected on the validation part, kept as an option
         (``benchmarks/results/dev/issue12_round11_weight_average.md``).
     tail_average : float in [0, 1]
         Share of the last epochs whose weights are averaged with ``joint_stopping="fixed"``.
@@ -192,8 +194,9 @@ class MNPDetector(BaseDetector):
         all stages). departure (issue 12, round 10): measured epoch by epoch on the validation part,
         the joint stage at the spec's rate swings the ranking hard (mean change of AUC-PR between
         consecutive epochs 0.041; UNSW-NB15 0.850 / 0.057 / 0.854 at epochs 10 / 20 / 40), and its
-        best epoch is mostly the first, so a smaller rate is offered as a candidate
-        (``benchmarks/results/dev/issue12_joint_epoch_probe.md``, ``issue12_round10_joint_lr.md``).
+        best epoch is mostly the first. A smaller rate did not help with 2 or more labels (rejected
+        on the validation part; ``benchmarks/results/dev/issue12_joint_epoch_probe.md``,
+        ``issue12_round10_joint_lr.md``); with one label see ``single_label_joint_lr``.
     scale : bool
         Fit a MinMax scaler on ``X``; scoring applies ``(x - scaler_min_) / scaler_scale_``.
     Other parameters are the spec's section 9 hyperparameters under their obvious names.

@@ -12,7 +12,8 @@ from protoguard.trainer.evaluation import auc_pr_trapz
 seed = int(sys.argv[2])
 orig = T.forward_scores
 for name in sys.argv[1].split(","):
-    part = subsample_train(split_reference(f"../shared/datasets/tabular/{name}.npz"), 50000 if name == "11_donors" else None, seed)
+    max_rows = 50000 if name == "11_donors" else None
+    part = subsample_train(split_reference(f"../shared/datasets/tabular/{name}.npz"), max_rows, seed)
     p = {**PRODUCT_MNP_PARAMS, "n_members": 1, "max_epochs": 40, "patience": 1000}
     det = MNPDetector(**p, random_state=seed)
     curve = []
