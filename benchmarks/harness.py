@@ -145,6 +145,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Twelfth round (benchmarks/results/dev/issue12_round12_single_label_lr.md): c14's rate only where a
     # single anomaly is labelled (there it is c14's fit, bit for bit).
     "mnp-c16": {**PRODUCT_MNP_PARAMS, "single_label_joint_lr": 0.001},
+    # Thirteenth round (benchmarks/results/dev/issue12_round13_holdout_refit.md): the hold-out only picks
+    # the joint epoch count; each member is trained again that long on every labelled anomaly.
+    "mnp-c17": {**PRODUCT_MNP_PARAMS, "holdout_refit": True},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

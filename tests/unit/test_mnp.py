@@ -604,3 +604,23 @@ def test_single_label_joint_lr_applies_only_where_nothing_is_held_out(data) -> N
     assert not np.array_equal(gated.score(X_test), MNPDetector(**params).fit(X, one_label).score(X_test))
     np.testing.assert_array_equal(MNPDetector(**params, single_label_joint_lr=1e-4).fit(X, y).score(X_test),
                                   MNPDetector(**params).fit(X, y).score(X_test))
+
+
+def test_holdout_refit_trains_the_chosen_epochs_on_every_labelled_anomaly(data) -> None:
+    """holdout_refit: the hold-out picks the epoch count, then the member trains again from the same
+    start on all labelled anomalies; with one label (nothing held out) the fit is the plain one."""
+    X, y, X_test, _ = data
+    params = {**TINY, "validation": "frugal", "max_epochs": 4, "patience": 2}
+    plain = MNPDetector(**params).fit(X, y)
+    refit = MNPDetector(**params, holdout_refit=True).fit(X, y)
+    summary = refit.training_summary_
+    assert summary["refit"] == {"epochs": plain.training_summary_["best_epoch"], "n_labelled": int(y.sum())}
+    assert summary["n_labelled"] < int(y.sum())  # the first pass trained without the held-out ones
+    assert not np.array_equal(refit.score(X_test), plain.score(X_test))
+    np.testing.assert_array_equal(MNPDetector(**params, holdout_refit=True).fit(X, y).score(X_test), refit.score(X_test))
+    one_label = y.copy()
+    one_label[np.flatnonzero(y)[1:]] = 0
+    np.testing.assert_array_equal(MNPDetector(**params, holdout_refit=True).fit(X, one_label).score(X_test),
+                                  MNPDetector(**params).fit(X, one_label).score(X_test))
+    blob, manifest = refit.save()
+    np.testing.assert_array_equal(MNPDetector.load(blob, manifest).score(X_test), refit.score(X_test))

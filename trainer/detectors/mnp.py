@@ -158,6 +158,10 @@ class MNPDetector(BaseDetector):
         out (None: ``joint_lr``). departure (issue 12, round 12): with one labelled anomaly every
         step fits that one row more closely; the product uses 0.001, chosen on the validation part
         (``benchmarks/results/dev/issue12_round12_single_label_lr.md``).
+    holdout_refit : bool
+        Label-frugal hold-out stopping only chooses how many joint epochs to train: the member is
+        then trained again from the same start for that many epochs on every labelled anomaly, the
+        held-out ones included (issue 12, ``benchmarks/results/dev/issue12_round13_holdout_refit.md``).
     joint_average_epochs : float
         With a hold-out to early-stop on, the stopper reads and keeps an exponential average of the
         joint stage's weights over about this many epochs of steps (0: the last step's weights, as
@@ -242,7 +246,7 @@ class MNPDetector(BaseDetector):
         weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, joint_lr: float | None = None,
-        single_label_joint_lr: float | None = None, weight_decay: float = 5e-4,
+        single_label_joint_lr: float | None = None, holdout_refit: bool = False, weight_decay: float = 5e-4,
         margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
         n_members: int = 1, single_label_members: int | None = None, scale: bool = True, device: str = "auto",
@@ -269,6 +273,7 @@ class MNPDetector(BaseDetector):
         self.lr = lr
         self.joint_lr = joint_lr
         self.single_label_joint_lr = single_label_joint_lr
+        self.holdout_refit = holdout_refit
         self.weight_decay = weight_decay
         self.margin = margin
         self.lambda_kl = lambda_kl
@@ -303,6 +308,7 @@ class MNPDetector(BaseDetector):
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
             "holdout_signal": one_of("pr_roc", "roc"), "joint_average_epochs": real_in(0),
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
+            "holdout_refit": boolean(),
             "single_label_members": optional(int_at_least(1)),
             **dict.fromkeys(("joint_lr", "single_label_joint_lr"), optional(real_in(0, low_open=True))),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
@@ -430,7 +436,7 @@ class MNPDetector(BaseDetector):
         faithful = self.variant == "faithful"
         n_features = anomalies.shape[1]
         holdout = self.joint_stopping in ("auto", "holdout")
-        es_X = es_y = pre_val = None
+        es_X = es_y = pre_val = held_anomalies = None
         if val is not None:
             es_X, es_y = val
             pre_val = es_X[es_y == 0]
@@ -447,6 +453,7 @@ class MNPDetector(BaseDetector):
                     n_hold_a = max(1, round(_FRUGAL_ANOMALY_HOLDOUT * len(anomalies)))
                     perm_a = rng.permutation(len(anomalies))
                     held, anomalies = anomalies[perm_a[:n_hold_a]], anomalies[perm_a[n_hold_a:]]
+                    held_anomalies = held
                     es_X = np.vstack([pre_val, held])
                     es_y = np.r_[np.zeros(len(pre_val), np.int64), np.ones(len(held), np.int64)]
         pool = np.vstack([unlabelled, normals])
@@ -490,8 +497,18 @@ class MNPDetector(BaseDetector):
             n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where es_X exists
         else:
             n_epochs, stopping = self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
+        start = copy.deepcopy(net) if self.holdout_refit and held_anomalies is not None else None
         joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, es_X, es_y, rng,
                                                  n_epochs, stopping)
+        if start is not None and held_anomalies is not None and joint["best_epoch"] >= 1:
+            # departure (issue 12, round 13): the hold-out only chooses the epoch count; the member is
+            # then trained again from the same start, that many epochs, on every labelled anomaly.
+            every = torch.from_numpy(np.vstack([anomalies, held_anomalies])).to(device)
+            refit, _, _ = train_joint(dataclasses.replace(config, tail_average=0.0), start, every, pool_t, confirmed_t,
+                                      None, None, rng, int(joint["best_epoch"]), "fixed")
+            net = start
+            joint["refit"] = {"epochs": int(joint["best_epoch"]), "n_labelled": len(every)}
+            joint["likelihood_rule"], joint["final_losses"] = refit["likelihood_rule"], refit["final_losses"]
         summary.update(joint)
         summary["n_prototypes"] = int(net.prototypes.shape[0])
         return net, summary
