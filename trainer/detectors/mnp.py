@@ -452,10 +452,9 @@ class MNPDetector(BaseDetector):
                     # (spec: fewer than 2 labelled anomalies -> fixed epochs).
                     n_hold_a = max(1, round(_FRUGAL_ANOMALY_HOLDOUT * len(anomalies)))
                     perm_a = rng.permutation(len(anomalies))
-                    held, anomalies = anomalies[perm_a[:n_hold_a]], anomalies[perm_a[n_hold_a:]]
-                    held_anomalies = held
-                    es_X = np.vstack([pre_val, held])
-                    es_y = np.r_[np.zeros(len(pre_val), np.int64), np.ones(len(held), np.int64)]
+                    held_anomalies, anomalies = anomalies[perm_a[:n_hold_a]], anomalies[perm_a[n_hold_a:]]
+                    es_X = np.vstack([pre_val, held_anomalies])
+                    es_y = np.r_[np.zeros(len(pre_val), np.int64), np.ones(len(held_anomalies), np.int64)]
         pool = np.vstack([unlabelled, normals])
         confirmed = np.r_[np.zeros(len(unlabelled), bool), np.ones(len(normals), bool)]
         pool_t = torch.from_numpy(pool).to(device)
