@@ -161,7 +161,8 @@ class MNPDetector(BaseDetector):
     holdout_refit : bool
         Label-frugal hold-out stopping only chooses how many joint epochs to train: the member is
         then trained again from the same start for that many epochs on every labelled anomaly, the
-        held-out ones included (issue 12, ``benchmarks/results/dev/issue12_round13_holdout_refit.md``).
+        held-out ones included (issue 12, round 13; rejected on the validation part: the chosen count
+        does not carry over to another run, ``benchmarks/results/dev/issue12_round13_holdout_refit.md``).
     joint_average_epochs : float
         With a hold-out to early-stop on, the stopper reads and keeps an exponential average of the
         joint stage's weights over about this many epochs of steps (0: the last step's weights, as
