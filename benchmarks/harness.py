@@ -81,6 +81,12 @@ _V0: dict[str, Any] = {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping":
 _C9: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec",
                        "scorer_features": "auto"}
 
+#: Round 8's product (c9 with 10 joint epochs when one anomaly is labelled) and round 12's (that schedule
+#: at Adam rate 0.001). Rounds 9-13 derive from these, not from PRODUCT_MNP_PARAMS, so that each method
+#: keeps meaning what its rows were fitted with when the product moves on.
+_C9_E10: dict[str, Any] = {**_C9, "single_label_epochs": 10}
+_C16: dict[str, Any] = {**_C9_E10, "single_label_joint_lr": 0.001}
+
 #: MNP settings per method name (all take ``random_state`` and ``device`` on top).
 _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # The product's MNP (trainer.training.PRODUCT_MNP_PARAMS).
@@ -132,22 +138,22 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Eighth round (benchmarks/results/dev/issue12_round8_single_label_epochs.md): c9 with another joint epoch
     # count where a single anomaly is labelled (c9 = 20).
     **{f"mnp-c9-e{n}": {**_C9, "single_label_epochs": n} for n in (10, 50, 100)},
-    # Ninth round (benchmarks/results/dev/issue12_round9_holdout_signal.md): the product with the joint
-    # stage early-stopped on the hold-out's AUC-ROC alone.
-    "mnp-c12": {**PRODUCT_MNP_PARAMS, "holdout_signal": "roc"},
-    # Tenth round (benchmarks/results/dev/issue12_round10_joint_lr.md): the product with a smaller Adam
-    # rate in the joint stage only (the spec's is 0.005 for every stage).
-    "mnp-c13": {**PRODUCT_MNP_PARAMS, "joint_lr": 0.0025},
-    "mnp-c14": {**PRODUCT_MNP_PARAMS, "joint_lr": 0.001},
-    # Eleventh round (benchmarks/results/dev/issue12_round11_weight_average.md): the product with the
-    # hold-out reading an exponential average of the joint stage's weights over about one epoch.
-    "mnp-c15": {**PRODUCT_MNP_PARAMS, "joint_average_epochs": 1.0},
+    # Ninth round (benchmarks/results/dev/issue12_round9_holdout_signal.md): the product of then (c9-e10) with
+    # the joint stage early-stopped on the hold-out's AUC-ROC alone.
+    "mnp-c12": {**_C9_E10, "holdout_signal": "roc"},
+    # Tenth round (benchmarks/results/dev/issue12_round10_joint_lr.md): c9-e10 with a smaller Adam rate in
+    # the joint stage only (the spec's is 0.005 for every stage).
+    "mnp-c13": {**_C9_E10, "joint_lr": 0.0025},
+    "mnp-c14": {**_C9_E10, "joint_lr": 0.001},
+    # Eleventh round (benchmarks/results/dev/issue12_round11_weight_average.md): c9-e10 with the hold-out
+    # reading an exponential average of the joint stage's weights over about one epoch.
+    "mnp-c15": {**_C9_E10, "joint_average_epochs": 1.0},
     # Twelfth round (benchmarks/results/dev/issue12_round12_single_label_lr.md): c14's rate only where a
-    # single anomaly is labelled (there it is c14's fit, bit for bit).
-    "mnp-c16": {**PRODUCT_MNP_PARAMS, "single_label_joint_lr": 0.001},
-    # Thirteenth round (benchmarks/results/dev/issue12_round13_holdout_refit.md): the hold-out only picks
-    # the joint epoch count; each member is trained again that long on every labelled anomaly.
-    "mnp-c17": {**PRODUCT_MNP_PARAMS, "holdout_refit": True},
+    # single anomaly is labelled (there it is c14's fit, bit for bit); adopted, today's PRODUCT_MNP_PARAMS.
+    "mnp-c16": _C16,
+    # Thirteenth round (benchmarks/results/dev/issue12_round13_holdout_refit.md): c16 where the hold-out only
+    # picks the joint epoch count; each member is trained again that long on every labelled anomaly.
+    "mnp-c17": {**_C16, "holdout_refit": True},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
