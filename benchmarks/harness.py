@@ -12,8 +12,8 @@ Methods (names as in the CLI):
 - ``mnp``: the product's MNP, ``trainer.training.PRODUCT_MNP_PARAMS`` (label-frugal, three
   independent members averaged, the spec's likelihood weighting, 200-epoch budget, raw features
   to the scorer with one labelled anomaly; chosen in issue 12's fifth round, ``mnp-c9``);
-- ``mnp-spec`` / ``mnp-off`` / ``mnp-rank`` / ``mnp-adaptive``: the weighting comparisons of the
-  contamination benchmark, on ``mnp-v0``'s 30-epoch budget (the product before round 5);
+- ``mnp-spec`` / ``mnp-off`` / ``mnp-rank`` / ``mnp-adaptive`` / ``mnp-rank-screen``: the weighting
+  comparisons of the contamination benchmark, on ``mnp-v0``'s 30-epoch budget (the product before round 5);
 - ``mnp-pre12``: what ``mnp`` was before issue 12 (200-epoch budget, the spec's weighting);
 - ``mnp-m1``: ``mnp-pre12`` with one member (what it was before the members were added);
 - ``mnp-faithful``: the reference code's behaviour (``variant="faithful"``) with the same labels
@@ -154,6 +154,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Thirteenth round (benchmarks/results/dev/issue12_round13_holdout_refit.md): c16 where the hold-out only
     # picks the joint epoch count; each member is trained again that long on every labelled anomaly.
     "mnp-c17": {**_C16, "holdout_refit": True},
+    # Fourteenth round (benchmarks/results/dev/issue12_round14_screened_pool.md): the rank weighting on v0's
+    # budget with the pool screened before a second pretraining (the contamination comparison's setting).
+    "mnp-rank-screen": {**_V0, "weighting": "rank", "screen_pool": True},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

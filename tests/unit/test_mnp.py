@@ -624,3 +624,44 @@ def test_holdout_refit_trains_the_chosen_epochs_on_every_labelled_anomaly(data) 
                                   MNPDetector(**params).fit(X, one_label).score(X_test))
     blob, manifest = refit.save()
     np.testing.assert_array_equal(MNPDetector.load(blob, manifest).score(X_test), refit.score(X_test))
+
+
+def test_screen_pool_leaves_out_hidden_anomalies_and_fits_again(data, monkeypatch) -> None:
+    """screen_pool: the first fit's least-normal rows (the estimated contamination share) leave the
+    pool before the member is pretrained again; on the planted set the rows
+    left out hold hidden anomalies at more than twice their share of the pool (5 %)."""
+    import protoguard.trainer.detectors.mnp as mnp_module
+
+    X, y, X_test, _ = data
+    hidden = np.zeros(len(X), bool)
+    hidden[np.flatnonzero(y)[-1] + 1:] = True  # three_modes puts the unlabelled anomalies last
+    captured: dict[str, np.ndarray] = {}
+    screen = mnp_module.screen_pool
+
+    def recording(net, anomalies, pool, confirmed, holdout, rng):
+        result = screen(net, anomalies, pool, confirmed, holdout, rng)
+        captured["pool"], captured["keep"] = pool.cpu().numpy(), result.keep_pool.cpu().numpy()
+        return result
+
+    monkeypatch.setattr(mnp_module, "screen_pool", recording)
+    params = {**TINY, "validation": "frugal", "max_epochs": 4, "patience": 2, "pretrain_max_epochs": 10,
+              "n_batches_per_epoch": 16, "n_prototypes": 3, "weighting": "rank"}
+    det = MNPDetector(**params, screen_pool=True).fit(X, y)
+    summary = det.training_summary_["screen"]
+    assert 0.01 <= summary["contamination"] <= 0.25
+    assert summary["dropped"] == int((~captured["keep"]).sum()) > 0
+    assert det.training_summary_["n_unlabelled"] == len(captured["pool"])  # counted before screening
+    by_row = {row.tobytes(): h for row, h in zip(det._transform(X), hidden)}
+    is_hidden = np.array([by_row[row.tobytes()] for row in captured["pool"]])
+    assert is_hidden[~captured["keep"]].mean() > 2 * is_hidden.mean()
+    monkeypatch.setattr(mnp_module, "screen_pool", screen)
+    np.testing.assert_array_equal(MNPDetector(**params, screen_pool=True).fit(X, y).score(X_test), det.score(X_test))
+    plain = MNPDetector(**params).fit(X, y)
+    assert "screen" not in plain.training_summary_
+    assert not np.array_equal(plain.score(X_test), det.score(X_test))
+    one_label = y.copy()
+    one_label[np.flatnonzero(y)[1:]] = 0  # below 2 training anomalies nothing is estimated: no screen
+    np.testing.assert_array_equal(MNPDetector(**params, screen_pool=True).fit(X, one_label).score(X_test),
+                                  MNPDetector(**params).fit(X, one_label).score(X_test))
+    blob, manifest = det.save()
+    np.testing.assert_array_equal(MNPDetector.load(blob, manifest).score(X_test), det.score(X_test))

@@ -33,9 +33,10 @@ from .base import (
 from .mnp_network import MNPNetwork
 from .mnp_persistence import members_from_bytes, members_to_bytes, saved_rules
 from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
+from .mnp_screening import screen_pool
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
 from .mnp_training import HoldoutSignal, JointStopping, TrainingConfig, estimate_rule, pretrain, train_joint
-from .mnp_weighting import LikelihoodRule, Weighting, normalise_weighting
+from .mnp_weighting import MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, normalise_weighting
 from .params import Rule, boolean, check_params, int_at_least, one_of, optional, real_in
 
 __all__ = ["MNPDetector", "MNPExplanation", "MNPValidation", "MNPVariant"]
@@ -182,6 +183,12 @@ class MNPDetector(BaseDetector):
         the prototypes a second time, by k-means with each row weighted by the likelihood rule
         measured against the first placement (same K). departure from the spec, which weights
         only the joint-stage losses: hidden anomalies also pull prototypes towards themselves.
+    screen_pool : bool
+        With 2 or more training anomalies and no labelled validation split, fit each member twice:
+        the first pretraining and prototype placement give every unlabelled row the rank rule's
+        normality, the estimated contamination share of least-normal rows (pool and hold-out) is left
+        out, and the member is pretrained, placed and trained again on the rest
+        (:mod:`.mnp_screening`; issue 12, round 14). About twice the pretraining time.
     validation : {"reference", "frugal", "fixed_epochs"}
         "reference" uses a labelled ``X_val``/``y_val`` as the paper's code does; "frugal" needs no
         labels beyond ``y`` (spec Q5 resolution); "fixed_epochs" trains the full budget.
@@ -247,7 +254,8 @@ class MNPDetector(BaseDetector):
         weighted_prototypes: bool = False, n_emb: int = 8, batch_size: int = 128, n_labelled_per_batch: int = 8,
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, joint_lr: float | None = None,
-        single_label_joint_lr: float | None = None, holdout_refit: bool = False, weight_decay: float = 5e-4,
+        single_label_joint_lr: float | None = None, holdout_refit: bool = False, screen_pool: bool = False,
+        weight_decay: float = 5e-4,
         margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
         n_members: int = 1, single_label_members: int | None = None, scale: bool = True, device: str = "auto",
@@ -275,6 +283,7 @@ class MNPDetector(BaseDetector):
         self.joint_lr = joint_lr
         self.single_label_joint_lr = single_label_joint_lr
         self.holdout_refit = holdout_refit
+        self.screen_pool = screen_pool
         self.weight_decay = weight_decay
         self.margin = margin
         self.lambda_kl = lambda_kl
@@ -309,7 +318,7 @@ class MNPDetector(BaseDetector):
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
             "holdout_signal": one_of("pr_roc", "roc"), "joint_average_epochs": real_in(0),
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
-            "holdout_refit": boolean(),
+            "holdout_refit": boolean(), "screen_pool": boolean(),
             "single_label_members": optional(int_at_least(1)),
             **dict.fromkeys(("joint_lr", "single_label_joint_lr"), optional(real_in(0, low_open=True))),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
@@ -470,22 +479,21 @@ class MNPDetector(BaseDetector):
         if warm_start is not None:
             net = copy.deepcopy(warm_start).to(device)
         else:
-            ae, summary["pretrain_epochs"] = pretrain(config, pool_t, pre_val_t, n_features, self.n_emb, rng)
-            reference_normals = pre_val_t if self.validation == "reference" else None
-            Z, z_rows = normal_embeddings(ae, pool_t, reference_normals, seed, normalise=not faithful)
-            centres, summary["silhouette"] = choose_prototypes(Z, n_prototypes, seed)
-            net = MNPNetwork(n_features, self.n_emb, int(len(centres)), scorer_features=self.scorer_features_).to(device)
-            net.encoder.load_state_dict(ae.encoder.state_dict())
-            net.decoder.load_state_dict(ae.decoder.state_dict())
-            with torch.no_grad():
-                net.prototypes.copy_(torch.from_numpy(centres))
-            if self.weighted_prototypes and z_rows is not None:
-                rule = estimate_rule(config, net, anomalies_t, pool_t, confirmed_t, rng)
-                if rule.kind in ("adaptive", "rank"):
-                    summary["prototype_contamination"] = rule.contamination
-                    with torch.no_grad():
-                        net.prototypes.copy_(torch.from_numpy(
-                            reweighted_prototypes(net, rule, pool_t[torch.from_numpy(z_rows).to(device)], Z, seed)))
+            net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed, n_prototypes,
+                                        summary)
+            if self.screen_pool and val is None and len(anomalies) >= MIN_ANOMALIES_FOR_ESTIMATE:
+                screen = screen_pool(net, anomalies_t, pool_t, confirmed_t, pre_val_t, rng)
+                if screen is not None:
+                    summary["screen"] = screen.summary()
+                    pool_t, confirmed_t = pool_t[screen.keep_pool], confirmed_t[screen.keep_pool]
+                    if pre_val_t is not None and screen.keep_holdout is not None:
+                        pre_val_t = pre_val_t[screen.keep_holdout]
+                        if held_anomalies is not None:
+                            kept = pre_val_t.cpu().numpy()
+                            es_X = np.vstack([kept, held_anomalies])
+                            es_y = np.r_[np.zeros(len(kept), np.int64), np.ones(len(held_anomalies), np.int64)]
+                    net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed,
+                                                n_prototypes, summary)
         if val is None and self.validation == "frugal" and self.joint_stopping == "auto" and es_X is None:
             # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
             n_epochs, stopping = self.max_epochs, "fixed"
@@ -512,6 +520,29 @@ class MNPDetector(BaseDetector):
         summary.update(joint)
         summary["n_prototypes"] = int(net.prototypes.shape[0])
         return net, summary
+
+    def _initial_network(self, config: TrainingConfig, anomalies_t: torch.Tensor, pool_t: torch.Tensor,
+                         confirmed_t: torch.Tensor, pre_val_t: torch.Tensor | None, rng: np.random.Generator,
+                         seed: int, n_prototypes: int | None, summary: dict[str, Any]) -> MNPNetwork:
+        """Stages 1 and 2: the pretrained autoencoder with the prototypes placed (no joint training)."""
+        n_features, device = pool_t.shape[1], pool_t.device
+        ae, summary["pretrain_epochs"] = pretrain(config, pool_t, pre_val_t, n_features, self.n_emb, rng)
+        reference_normals = pre_val_t if self.validation == "reference" else None
+        Z, z_rows = normal_embeddings(ae, pool_t, reference_normals, seed, normalise=not config.faithful)
+        centres, summary["silhouette"] = choose_prototypes(Z, n_prototypes, seed)
+        net = MNPNetwork(n_features, self.n_emb, int(len(centres)), scorer_features=self.scorer_features_).to(device)
+        net.encoder.load_state_dict(ae.encoder.state_dict())
+        net.decoder.load_state_dict(ae.decoder.state_dict())
+        with torch.no_grad():
+            net.prototypes.copy_(torch.from_numpy(centres))
+        if self.weighted_prototypes and z_rows is not None:
+            rule = estimate_rule(config, net, anomalies_t, pool_t, confirmed_t, rng)
+            if rule.kind in ("adaptive", "rank"):
+                summary["prototype_contamination"] = rule.contamination
+                with torch.no_grad():
+                    net.prototypes.copy_(torch.from_numpy(
+                        reweighted_prototypes(net, rule, pool_t[torch.from_numpy(z_rows).to(device)], Z, seed)))
+        return net
 
     def _training_config(self) -> TrainingConfig:
         return TrainingConfig(
