@@ -157,6 +157,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Fourteenth round (benchmarks/results/dev/issue12_round14_screened_pool.md): the rank weighting on v0's
     # budget with the pool screened before a second pretraining (the contamination comparison's setting).
     "mnp-rank-screen": {**_V0, "weighting": "rank", "screen_pool": True},
+    # Fifteenth round (benchmarks/results/dev/issue12_round15_screen_product.md): the product (c16) with the
+    # pool screened, at natural contamination.
+    "mnp-c18": {**_C16, "screen_pool": True},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
