@@ -160,6 +160,10 @@ class TrainerSettings(_Section):
     #: "rank" does so on s_max and reconstruction error together, "off" is for ablations;
     #: true / false (the old boolean form) mean "spec" / "off"
     weighting: Literal["adaptive", "rank", "spec", "off"] = "spec"
+    #: with 2+ labelled anomalies, leave the pool's least-normal rows (the estimated contamination
+    #: share) out and pretrain again before joint training: about twice the pretraining time, chosen
+    #: on the benchmark's validation part (benchmarks/results/dev/issue12_round15_screen_product.md)
+    screen_pool: bool = True
     #: independent MNP fits per model, scores averaged: each costs one fit and one forward pass more;
     #: 3 gained AUC-PR on the benchmark's validation part over 1 (benchmarks/results/dev)
     n_members: int = Field(default=3, ge=1, le=10)

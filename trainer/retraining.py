@@ -109,7 +109,8 @@ class Retrainer:
         self.stores = stores
         self.settings = settings
         self.mnp_params = {"max_epochs": settings.n_epochs, "pretrain_max_epochs": settings.n_epochs,
-                           "weighting": settings.weighting, "n_members": settings.n_members, **(mnp_params or {})}
+                           "weighting": settings.weighting, "screen_pool": settings.screen_pool,
+                           "n_members": settings.n_members, **(mnp_params or {})}
         self.state_key = f"{stores.labels.prefix}:trainer:last_run"
 
     # ------------------------------------------------------------------ state shared by trainers

@@ -62,3 +62,18 @@ def test_weighting_names_and_the_old_switch(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("PROTOGUARD_TRAINER__WEIGHTING", "strong")
     with pytest.raises(ConfigError, match=r"trainer\.weighting"):
         load_settings(config)
+
+
+def test_screen_pool_is_on_by_default_and_can_be_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.screen_pool (issue 12, round 15) defaults to the product's choice; a value that is
+    no boolean is refused by field."""
+    from protoguard.trainer.training import PRODUCT_MNP_PARAMS
+
+    assert load_settings().trainer.screen_pool is PRODUCT_MNP_PARAMS["screen_pool"] is True
+    config = tmp_path / "protoguard.toml"
+    config.write_text("[trainer]\nscreen_pool = false\n")
+    settings = load_settings(config).trainer
+    assert settings.screen_pool is False
+    monkeypatch.setenv("PROTOGUARD_TRAINER__SCREEN_POOL", "maybe")
+    with pytest.raises(ConfigError, match=r"trainer\.screen_pool"):
+        load_settings(config)
