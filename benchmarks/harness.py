@@ -11,7 +11,8 @@ Methods (names as in the CLI):
 
 - ``mnp``: the product's MNP, ``trainer.training.PRODUCT_MNP_PARAMS`` (label-frugal, three
   independent members averaged, the spec's likelihood weighting, 200-epoch budget, raw features
-  to the scorer with one labelled anomaly; chosen in issue 12's fifth round, ``mnp-c9``);
+  to the scorer with one labelled anomaly, the pool screened before a second pretraining with 2+;
+  issue 12's rounds 5, 8, 12 and 15, ``mnp-c18``);
 - ``mnp-spec`` / ``mnp-off`` / ``mnp-rank`` / ``mnp-adaptive`` / ``mnp-rank-screen``: the weighting
   comparisons of the contamination benchmark, on ``mnp-v0``'s 30-epoch budget (the product before round 5);
 - ``mnp-pre12``: what ``mnp`` was before issue 12 (200-epoch budget, the spec's weighting);
@@ -76,13 +77,13 @@ _PRODUCT_BUDGET: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "
 #: that their names mean what the contamination benchmark's rows were fitted with.
 _V0: dict[str, Any] = {**_PRODUCT_BUDGET, "weighting": "spec", "joint_stopping": "holdout"}
 
-#: Issue 12's fifth round (today's PRODUCT_MNP_PARAMS): pre12's 200-epoch budget, raw features to the
+#: Issue 12's fifth round (the product from then to round 8): pre12's 200-epoch budget, raw features to the
 #: scorer with one labelled anomaly.
 _C9: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "n_members": 3, "weighting": "spec",
                        "scorer_features": "auto"}
 
 #: Round 8's product (c9 with 10 joint epochs when one anomaly is labelled) and round 12's (that schedule
-#: at Adam rate 0.001). Rounds 9-13 derive from these, not from PRODUCT_MNP_PARAMS, so that each method
+#: at Adam rate 0.001; the product from then to round 15). Rounds 9-15 derive from these, not from PRODUCT_MNP_PARAMS, so that each method
 #: keeps meaning what its rows were fitted with when the product moves on.
 _C9_E10: dict[str, Any] = {**_C9, "single_label_epochs": 10}
 _C16: dict[str, Any] = {**_C9_E10, "single_label_joint_lr": 0.001}
@@ -149,7 +150,7 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # reading an exponential average of the joint stage's weights over about one epoch.
     "mnp-c15": {**_C9_E10, "joint_average_epochs": 1.0},
     # Twelfth round (benchmarks/results/dev/issue12_round12_single_label_lr.md): c14's rate only where a
-    # single anomaly is labelled (there it is c14's fit, bit for bit); adopted, today's PRODUCT_MNP_PARAMS.
+    # single anomaly is labelled (there it is c14's fit, bit for bit); adopted, the product until round 15.
     "mnp-c16": _C16,
     # Thirteenth round (benchmarks/results/dev/issue12_round13_holdout_refit.md): c16 where the hold-out only
     # picks the joint epoch count; each member is trained again that long on every labelled anomaly.
@@ -158,7 +159,7 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # budget with the pool screened before a second pretraining (the contamination comparison's setting).
     "mnp-rank-screen": {**_V0, "weighting": "rank", "screen_pool": True},
     # Fifteenth round (benchmarks/results/dev/issue12_round15_screen_product.md): the product (c16) with the
-    # pool screened, at natural contamination.
+    # pool screened, at natural contamination; adopted, today's PRODUCT_MNP_PARAMS.
     "mnp-c18": {**_C16, "screen_pool": True},
 }
 

@@ -188,7 +188,8 @@ class MNPDetector(BaseDetector):
         the first pretraining and prototype placement give every unlabelled row the rank rule's
         normality, the estimated contamination share of least-normal rows (pool and hold-out) is left
         out, and the member is pretrained, placed and trained again on the rest
-        (:mod:`.mnp_screening`; issue 12, round 14). About twice the pretraining time.
+        (:mod:`.mnp_screening`; issue 12, round 14). About twice the pretraining time. The product
+        uses it (round 15, ``benchmarks/results/dev/issue12_round15_screen_product.md``).
     validation : {"reference", "frugal", "fixed_epochs"}
         "reference" uses a labelled ``X_val``/``y_val`` as the paper's code does; "frugal" needs no
         labels beyond ``y`` (spec Q5 resolution); "fixed_epochs" trains the full budget.
