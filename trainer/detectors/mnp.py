@@ -30,6 +30,7 @@ from .base import (
     resolve_device,
     sha256_hex,
 )
+from .mnp_holdout import split_holdouts
 from .mnp_network import MNPNetwork
 from .mnp_persistence import members_from_bytes, members_to_bytes, saved_rules
 from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
@@ -54,11 +55,6 @@ _SCORE_CHUNK_ROWS = 65_536
 # through memory, which cost about 40 % of the throughput (benchmarks/results/mnp_speed.md, "CPU
 # block size"). A GPU pays per launch instead, so it gets one pass.
 _CPU_BLOCK_FLOATS = 1 << 18
-# Frugal mode (spec Q5 resolution): shares of the data held out.
-_FRUGAL_ANOMALY_HOLDOUT = 0.2
-_FRUGAL_UNLABELLED_HOLDOUT = 0.1
-_FRUGAL_MAX_UNLABELLED_HOLDOUT = 5_000
-_FRUGAL_MIN_UNLABELLED_FOR_HOLDOUT = 50
 
 @dataclass(frozen=True)
 class MNPExplanation:
@@ -444,28 +440,9 @@ class MNPDetector(BaseDetector):
                     rng: np.random.Generator, seed: int, device: torch.device, n_prototypes: int | None,
                     ) -> tuple[MNPNetwork, dict[str, Any]]:
         """One whole MNP fit on scaled rows: hold-outs, pretraining, prototypes, joint training."""
-        faithful = self.variant == "faithful"
-        n_features = anomalies.shape[1]
-        holdout = self.joint_stopping in ("auto", "holdout")
-        es_X = es_y = pre_val = held_anomalies = None
-        if val is not None:
-            es_X, es_y = val
-            pre_val = es_X[es_y == 0]
-        elif self.validation == "frugal":
-            # resolution (spec Q5): hold out 10 % of the unlabelled rows (at most 5000) as "normal"; they
-            # early-stop pretraining (label-free) and are left out of k-means.
-            if len(unlabelled) >= _FRUGAL_MIN_UNLABELLED_FOR_HOLDOUT:
-                n_hold = min(math.ceil(_FRUGAL_UNLABELLED_HOLDOUT * len(unlabelled)), _FRUGAL_MAX_UNLABELLED_HOLDOUT)
-                perm = rng.permutation(len(unlabelled))
-                pre_val, unlabelled = unlabelled[perm[:n_hold]], unlabelled[perm[n_hold:]]
-                if holdout and len(anomalies) >= 2:
-                    # ... and 20 % of the labelled anomalies with them early-stop the joint stage
-                    # (spec: fewer than 2 labelled anomalies -> fixed epochs).
-                    n_hold_a = max(1, round(_FRUGAL_ANOMALY_HOLDOUT * len(anomalies)))
-                    perm_a = rng.permutation(len(anomalies))
-                    held_anomalies, anomalies = anomalies[perm_a[:n_hold_a]], anomalies[perm_a[n_hold_a:]]
-                    es_X = np.vstack([pre_val, held_anomalies])
-                    es_y = np.r_[np.zeros(len(pre_val), np.int64), np.ones(len(held_anomalies), np.int64)]
+        split = split_holdouts(anomalies, unlabelled, val, self.validation,
+                               self.joint_stopping in ("auto", "holdout"), rng)
+        anomalies, unlabelled = split.anomalies, split.unlabelled
         pool = np.vstack([unlabelled, normals])
         confirmed = np.r_[np.zeros(len(unlabelled), bool), np.ones(len(normals), bool)]
         pool_t = torch.from_numpy(pool).to(device)
@@ -473,10 +450,10 @@ class MNPDetector(BaseDetector):
         summary: dict[str, Any] = {
             "variant": self.variant, "validation": self.validation, "n_labelled": int(len(anomalies)),
             "n_unlabelled": int(len(unlabelled)), "n_confirmed_normal": int(len(normals)),
-            "early_stopping": es_X is not None, "warm_start": warm_start is not None,
+            "early_stopping": split.stop_X is not None, "warm_start": warm_start is not None,
         }
         config = self._training_config()
-        pre_val_t = None if pre_val is None else torch.from_numpy(pre_val).to(device)
+        pre_val_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
         if warm_start is not None:
             net = copy.deepcopy(warm_start).to(device)
         else:
@@ -489,30 +466,27 @@ class MNPDetector(BaseDetector):
                     pool_t, confirmed_t = pool_t[screen.keep_pool], confirmed_t[screen.keep_pool]
                     if pre_val_t is not None and screen.keep_holdout is not None:
                         pre_val_t = pre_val_t[screen.keep_holdout]
-                        if held_anomalies is not None:
-                            kept = pre_val_t.cpu().numpy()
-                            es_X = np.vstack([kept, held_anomalies])
-                            es_y = np.r_[np.zeros(len(kept), np.int64), np.ones(len(held_anomalies), np.int64)]
+                        split = split.with_pretrain_val(pre_val_t.cpu().numpy())
                     net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed,
                                                 n_prototypes, summary)
-        if val is None and self.validation == "frugal" and self.joint_stopping == "auto" and es_X is None:
+        if val is None and self.validation == "frugal" and self.joint_stopping == "auto" and split.stop_X is None:
             # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
             n_epochs, stopping = self.max_epochs, "fixed"
-        elif val is None and self.validation == "frugal" and holdout and es_X is None:
+        elif val is None and self.validation == "frugal" and self.joint_stopping == "holdout" and split.stop_X is None:
             n_epochs, stopping = min(self.max_epochs, self.single_label_epochs), "holdout"
             if self.single_label_joint_lr is not None:
                 config = dataclasses.replace(config, joint_lr=self.single_label_joint_lr)
         elif val is not None or self.validation == "fixed_epochs":
-            n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where es_X exists
+            n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where stop_X exists
         else:
             n_epochs, stopping = self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
-        start = copy.deepcopy(net) if self.holdout_refit and held_anomalies is not None else None
-        joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, es_X, es_y, rng,
+        start = copy.deepcopy(net) if self.holdout_refit and split.held_anomalies is not None else None
+        joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, split.stop_X, split.stop_y, rng,
                                                  n_epochs, stopping)
-        if start is not None and held_anomalies is not None and joint["best_epoch"] >= 1:
+        if start is not None and split.held_anomalies is not None and joint["best_epoch"] >= 1:
             # departure (issue 12, round 13): the hold-out only chooses the epoch count; the member is
             # then trained again from the same start, that many epochs, on every labelled anomaly.
-            every = torch.from_numpy(np.vstack([anomalies, held_anomalies])).to(device)
+            every = torch.from_numpy(np.vstack([anomalies, split.held_anomalies])).to(device)
             refit, _, _ = train_joint(dataclasses.replace(config, tail_average=0.0), start, every, pool_t, confirmed_t,
                                       None, None, rng, int(joint["best_epoch"]), "fixed")
             net = start
