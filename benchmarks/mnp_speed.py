@@ -91,11 +91,13 @@ def main() -> None:
                         help=f"n_members (default the product's {PRODUCT_MNP_PARAMS['n_members']})")
     parser.add_argument("--compare-per-member", action="store_true",
                         help="also time the per-member path score used before the stacked forward")
+    parser.add_argument("--no-screen", action="store_true",
+                        help="fit without the pool screen (screen_pool=False): the product before issue 12's round 15")
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT)
     args = parser.parse_args()
     batch_sizes = [int(b) for b in str(args.batch).split(",")]
     torch.set_num_threads(args.threads)
-    params = {**PRODUCT_MNP_PARAMS, "n_members": args.members}
+    params = {**PRODUCT_MNP_PARAMS, "n_members": args.members, **({"screen_pool": False} if args.no_screen else {})}
     console = Console(width=140)  # the table stays readable when piped to a log
     split = split_reference(args.data)
     load_start = os.getloadavg()[0]
