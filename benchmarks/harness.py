@@ -83,8 +83,9 @@ _C9: dict[str, Any] = {"variant": "fixed", "validation": "frugal", "n_members": 
                        "scorer_features": "auto"}
 
 #: Round 8's product (c9 with 10 joint epochs when one anomaly is labelled) and round 12's (that schedule
-#: at Adam rate 0.001; the product from then to round 15). Rounds 9-15 derive from these, not from PRODUCT_MNP_PARAMS, so that each method
-#: keeps meaning what its rows were fitted with when the product moves on.
+#: at Adam rate 0.001; the product from then to round 15). Rounds 9-15 derive from these, not from
+#: PRODUCT_MNP_PARAMS, so that each method keeps meaning what its rows were fitted with when the product
+#: moves on.
 _C9_E10: dict[str, Any] = {**_C9, "single_label_epochs": 10}
 _C16: dict[str, Any] = {**_C9_E10, "single_label_joint_lr": 0.001}
 

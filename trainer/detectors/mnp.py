@@ -481,8 +481,8 @@ class MNPDetector(BaseDetector):
         else:
             n_epochs, stopping = self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
         start = copy.deepcopy(net) if self.holdout_refit and split.held_anomalies is not None else None
-        joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, split.stop_X, split.stop_y, rng,
-                                                 n_epochs, stopping)
+        joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, split.stop_X,
+                                                 split.stop_y, rng, n_epochs, stopping)
         if start is not None and split.held_anomalies is not None and joint["best_epoch"] >= 1:
             # departure (issue 12, round 13): the hold-out only chooses the epoch count; the member is
             # then trained again from the same start, that many epochs, on every labelled anomaly.
