@@ -464,9 +464,9 @@ class MNPDetector(BaseDetector):
                 if screen is not None:
                     summary["screen"] = screen.summary()
                     pool_t, confirmed_t = pool_t[screen.keep_pool], confirmed_t[screen.keep_pool]
-                    if pre_val_t is not None and screen.keep_holdout is not None:
-                        pre_val_t = pre_val_t[screen.keep_holdout]
-                        split = split.with_pretrain_val(pre_val_t.cpu().numpy())
+                    if split.pretrain_val is not None and screen.keep_holdout is not None:
+                        split = split.with_pretrain_val(split.pretrain_val[screen.keep_holdout.cpu().numpy()])
+                        pre_val_t = torch.from_numpy(split.pretrain_val).to(device)
                     net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed,
                                                 n_prototypes, summary)
         if val is None and self.validation == "frugal" and self.joint_stopping == "auto" and split.stop_X is None:

@@ -64,6 +64,14 @@ def screen_pool(net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor, co
     """
     was_training = net.training
     net.eval()
+    try:
+        return _screen(net, anomalies, pool, confirmed, holdout, rng)
+    finally:
+        net.train(was_training)
+
+
+def _screen(net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor, confirmed: torch.Tensor,
+            holdout: torch.Tensor | None, rng: np.random.Generator) -> PoolScreen | None:
     with torch.inference_mode():
         s_pool, r_pool = _s_max_and_rec(net, pool)
         s_anom, r_anom = _s_max_and_rec(net, anomalies)
@@ -72,12 +80,10 @@ def screen_pool(net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor, co
             free = free[torch.from_numpy(rng.choice(len(free), ESTIMATE_ROWS, replace=False)).to(free.device)]
         rule = rank_rule(s_pool[free], r_pool[free], s_anom, r_anom)
         if rule.kind != "rank" or rule.contamination is None:
-            net.train(was_training)
             return None
         keep_pool = (rule.normality(s_pool, r_pool) >= rule.tau) | confirmed
         keep_holdout = None
         if holdout is not None and len(holdout):
             s_hold, r_hold = _s_max_and_rec(net, holdout)
             keep_holdout = rule.normality(s_hold, r_hold) >= rule.tau
-    net.train(was_training)
     return PoolScreen(keep_pool=keep_pool, keep_holdout=keep_holdout, contamination=float(rule.contamination))
