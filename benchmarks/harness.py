@@ -162,6 +162,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Fifteenth round (benchmarks/results/dev/issue12_round15_screen_product.md): the product (c16) with the
     # pool screened, at natural contamination; adopted, today's PRODUCT_MNP_PARAMS.
     "mnp-c18": {**_C16, "screen_pool": True},
+    # Sixteenth round (benchmarks/results/dev/issue12_round16_score_screen.md): round 14's setting with the
+    # rows left out chosen by a jointly trained first fit's scorer instead of its normality.
+    "mnp-score-screen": {**_V0, "weighting": "rank", "screen_pool": True, "screen_by": "score"},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {

@@ -30,11 +30,11 @@ from .base import (
     resolve_device,
     sha256_hex,
 )
-from .mnp_holdout import split_holdouts
+from .mnp_holdout import HoldOut, split_holdouts
 from .mnp_network import MNPNetwork
 from .mnp_persistence import members_from_bytes, members_to_bytes, saved_rules
 from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
-from .mnp_screening import screen_pool
+from .mnp_screening import screen_by_score, screen_pool
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
 from .mnp_training import HoldoutSignal, JointStopping, TrainingConfig, estimate_rule, pretrain, train_joint
 from .mnp_weighting import MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, normalise_weighting
@@ -186,6 +186,13 @@ class MNPDetector(BaseDetector):
         out, and the member is pretrained, placed and trained again on the rest
         (:mod:`.mnp_screening`; issue 12, round 14). About twice the pretraining time. The product
         uses it (round 15, ``benchmarks/results/dev/issue12_round15_screen_product.md``).
+    screen_by : {"normality", "score"}
+        Which rows ``screen_pool`` leaves out (the share is the rank rule's estimate either way).
+        "normality": the least normal by the first fit's s_max and reconstruction. "score": the
+        highest by the first fit's scorer phi after a whole joint stage, a PU-style self-training
+        step (issue 12, round 16, ``issue12_round16_score_screen.md``): phi has learned what the
+        labelled anomalies look like, so it finds hidden ones that reconstruct well. Costs one
+        more joint stage per member.
     validation : {"reference", "frugal", "fixed_epochs"}
         "reference" uses a labelled ``X_val``/``y_val`` as the paper's code does; "frugal" needs no
         labels beyond ``y`` (spec Q5 resolution); "fixed_epochs" trains the full budget.
@@ -252,6 +259,7 @@ class MNPDetector(BaseDetector):
         n_batches_per_epoch: int = 64, max_epochs: int = 200, pretrain_max_epochs: int = 200,
         patience: int = 15, lr: float = 0.005, joint_lr: float | None = None,
         single_label_joint_lr: float | None = None, holdout_refit: bool = False, screen_pool: bool = False,
+        screen_by: Literal["normality", "score"] = "normality",
         weight_decay: float = 5e-4,
         margin: float = 0.02,
         lambda_kl: float = 1.0, dwa_temperature: float = 2.0, validation: MNPValidation = "frugal",
@@ -281,6 +289,7 @@ class MNPDetector(BaseDetector):
         self.single_label_joint_lr = single_label_joint_lr
         self.holdout_refit = holdout_refit
         self.screen_pool = screen_pool
+        self.screen_by = screen_by
         self.weight_decay = weight_decay
         self.margin = margin
         self.lambda_kl = lambda_kl
@@ -315,7 +324,7 @@ class MNPDetector(BaseDetector):
             "weighting": _WEIGHTING_RULE, "joint_stopping": one_of("auto", "holdout", "fixed"),
             "holdout_signal": one_of("pr_roc", "roc"), "joint_average_epochs": real_in(0),
             "tail_average": real_in(0, 1), "scorer_features": _SCORER_FEATURES_RULE, "weighted_prototypes": boolean(),
-            "holdout_refit": boolean(), "screen_pool": boolean(),
+            "holdout_refit": boolean(), "screen_pool": boolean(), "screen_by": one_of("normality", "score"),
             "single_label_members": optional(int_at_least(1)),
             **dict.fromkeys(("joint_lr", "single_label_joint_lr"), optional(real_in(0, low_open=True))),
             **dict.fromkeys(("n_emb", "batch_size", "n_labelled_per_batch", "n_batches_per_epoch", "patience",
@@ -428,7 +437,7 @@ class MNPDetector(BaseDetector):
         summary["n_members"] = self.n_members_
         if self.n_members_ > 1:
             summary["members"] = [{k: m.get(k) for k in ("epochs", "stop_reason", "best_epoch", "best_val_error", "pretrain_epochs",
-                                                       "likelihood_rule")}
+                                                       "likelihood_rule", "screen")}
                                   for m in summaries]
         self.history_ = histories[0]
         self.likelihood_rules_ = [LikelihoodRule.from_dict(m["likelihood_rule"]) for m in summaries]
@@ -453,6 +462,7 @@ class MNPDetector(BaseDetector):
             "early_stopping": split.stop_X is not None, "warm_start": warm_start is not None,
         }
         config = self._training_config()
+        schedule = self._joint_schedule(config, val is not None, split.stop_X is not None)
         pre_val_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
         if warm_start is not None:
             net = copy.deepcopy(warm_start).to(device)
@@ -460,26 +470,10 @@ class MNPDetector(BaseDetector):
             net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed, n_prototypes,
                                         summary)
             if self.screen_pool and val is None and len(anomalies) >= MIN_ANOMALIES_FOR_ESTIMATE:
-                screen = screen_pool(net, anomalies_t, pool_t, confirmed_t, pre_val_t, rng)
-                if screen is not None:
-                    summary["screen"] = screen.summary()
-                    pool_t, confirmed_t = pool_t[screen.keep_pool], confirmed_t[screen.keep_pool]
-                    if split.pretrain_val is not None and screen.keep_holdout is not None:
-                        split = split.with_pretrain_val(split.pretrain_val[screen.keep_holdout.cpu().numpy()])
-                        pre_val_t = torch.from_numpy(split.pretrain_val).to(device)
-                    net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed,
-                                                n_prototypes, summary)
-        if val is None and self.validation == "frugal" and self.joint_stopping == "auto" and split.stop_X is None:
-            # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
-            n_epochs, stopping = self.max_epochs, "fixed"
-        elif val is None and self.validation == "frugal" and self.joint_stopping == "holdout" and split.stop_X is None:
-            n_epochs, stopping = min(self.max_epochs, self.single_label_epochs), "holdout"
-            if self.single_label_joint_lr is not None:
-                config = dataclasses.replace(config, joint_lr=self.single_label_joint_lr)
-        elif val is not None or self.validation == "fixed_epochs":
-            n_epochs, stopping = self.max_epochs, "holdout"  # early stopping only where stop_X exists
-        else:
-            n_epochs, stopping = self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
+                net, pool_t, confirmed_t, split = self._screened_network(config, net, anomalies_t, pool_t, confirmed_t,
+                                                                         split, rng, seed, n_prototypes, schedule,
+                                                                         summary)
+        config, n_epochs, stopping = schedule
         start = copy.deepcopy(net) if self.holdout_refit and split.held_anomalies is not None else None
         joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, split.stop_X,
                                                  split.stop_y, rng, n_epochs, stopping)
@@ -495,6 +489,45 @@ class MNPDetector(BaseDetector):
         summary.update(joint)
         summary["n_prototypes"] = int(net.prototypes.shape[0])
         return net, summary
+
+    def _joint_schedule(self, config: TrainingConfig, has_val: bool, has_holdout: bool,
+                        ) -> tuple[TrainingConfig, int, JointStopping]:
+        """The joint stage's config, epoch budget and stopping for a member with or without a hold-out."""
+        if not has_val and self.validation == "frugal" and self.joint_stopping == "auto" and not has_holdout:
+            # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
+            return config, self.max_epochs, "fixed"
+        if not has_val and self.validation == "frugal" and self.joint_stopping == "holdout" and not has_holdout:
+            if self.single_label_joint_lr is not None:
+                config = dataclasses.replace(config, joint_lr=self.single_label_joint_lr)
+            return config, min(self.max_epochs, self.single_label_epochs), "holdout"
+        if has_val or self.validation == "fixed_epochs":
+            return config, self.max_epochs, "holdout"  # early stopping only where stop_X exists
+        return config, self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
+
+    def _screened_network(self, config: TrainingConfig, net: MNPNetwork, anomalies_t: torch.Tensor,
+                          pool_t: torch.Tensor, confirmed_t: torch.Tensor, split: HoldOut, rng: np.random.Generator,
+                          seed: int, n_prototypes: int | None, schedule: tuple[TrainingConfig, int, JointStopping],
+                          summary: dict[str, Any]) -> tuple[MNPNetwork, torch.Tensor, torch.Tensor, HoldOut]:
+        """The member's network after ``screen_pool``: which rows a first fit ``net`` leaves out, then a
+        fresh pretraining and placement on the rest (unchanged inputs where nothing can be screened)."""
+        device = pool_t.device
+        holdout_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
+        screen = screen_pool(net, anomalies_t, pool_t, confirmed_t, holdout_t, rng)
+        if screen is None:
+            return net, pool_t, confirmed_t, split
+        if self.screen_by == "score":
+            joint_config, n_epochs, stopping = schedule
+            train_joint(joint_config, net, anomalies_t, pool_t, confirmed_t, split.stop_X, split.stop_y, rng,
+                        n_epochs, stopping)
+            screen = screen_by_score(net, pool_t, confirmed_t, holdout_t, screen.contamination, rng)
+        summary["screen"] = {**screen.summary(), "by": self.screen_by}
+        pool_t, confirmed_t = pool_t[screen.keep_pool], confirmed_t[screen.keep_pool]
+        if split.pretrain_val is not None and screen.keep_holdout is not None:
+            split = split.with_pretrain_val(split.pretrain_val[screen.keep_holdout.cpu().numpy()])
+        pre_val_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
+        net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed, n_prototypes,
+                                    summary)
+        return net, pool_t, confirmed_t, split
 
     def _initial_network(self, config: TrainingConfig, anomalies_t: torch.Tensor, pool_t: torch.Tensor,
                          confirmed_t: torch.Tensor, pre_val_t: torch.Tensor | None, rng: np.random.Generator,
