@@ -665,3 +665,42 @@ def test_screen_pool_leaves_out_hidden_anomalies_and_fits_again(data, monkeypatc
                                   MNPDetector(**params).fit(X, one_label).score(X_test))
     blob, manifest = det.save()
     np.testing.assert_array_equal(MNPDetector.load(blob, manifest).score(X_test), det.score(X_test))
+
+
+def test_screen_by_score_leaves_out_the_rows_a_trained_scorer_ranks_highest(data, monkeypatch) -> None:
+    """screen_by="score": the same estimated share leaves the pool, chosen by the first fit's phi
+    after its joint stage; on the planted set those rows hold hidden anomalies at more than twice
+    their pool share, nearly all of them are found, and every row left out scores above every row kept."""
+    import protoguard.trainer.detectors.mnp as mnp_module
+
+    X, y, X_test, _ = data
+    hidden = np.zeros(len(X), bool)
+    hidden[np.flatnonzero(y)[-1] + 1:] = True  # three_modes puts the unlabelled anomalies last
+    captured: dict[str, Any] = {}
+    by_score = mnp_module.screen_by_score
+
+    def recording(net, pool, confirmed, holdout, contamination, rng):
+        result = by_score(net, pool, confirmed, holdout, contamination, rng)
+        with torch.inference_mode():
+            captured["phi"] = net.eval()(pool).score.flatten().cpu().numpy()
+        captured["pool"], captured["keep"] = pool.cpu().numpy(), result.keep_pool.cpu().numpy()
+        return result
+
+    monkeypatch.setattr(mnp_module, "screen_by_score", recording)
+    # Ten fixed joint epochs: with the frugal stopper on this small set phi stops barely trained.
+    params = {**TINY, "validation": "fixed_epochs", "max_epochs": 10, "pretrain_max_epochs": 10,
+              "n_batches_per_epoch": 16, "n_prototypes": 3, "weighting": "rank", "screen_pool": True}
+    det = MNPDetector(**params, screen_by="score").fit(X, y)
+    summary = det.training_summary_["screen"]
+    assert summary["by"] == "score" and summary["dropped"] == int((~captured["keep"]).sum()) > 0
+    keep = captured["keep"]
+    assert captured["phi"][~keep].min() >= captured["phi"][keep].max()
+    by_row = {row.tobytes(): h for row, h in zip(det._transform(X), hidden)}
+    is_hidden = np.array([by_row[row.tobytes()] for row in captured["pool"]])
+    assert is_hidden[~keep].mean() > 2 * is_hidden.mean()
+    assert is_hidden[~keep].sum() >= 0.9 * is_hidden.sum()  # phi ranks nearly every hidden anomaly out
+    normality = MNPDetector(**params).fit(X, y)
+    assert normality.training_summary_["screen"]["by"] == "normality"
+    assert not np.array_equal(normality.score(X_test), det.score(X_test))
+    with pytest.raises(ConfigError, match="screen_by"):
+        MNPDetector(**params, screen_by="vibes").fit(X, y)
