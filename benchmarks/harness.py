@@ -165,6 +165,9 @@ _MNP_PARAMS: dict[str, dict[str, Any]] = {
     # Sixteenth round (benchmarks/results/dev/issue12_round16_score_screen.md): round 14's setting with the
     # rows left out chosen by a jointly trained first fit's scorer instead of its normality.
     "mnp-score-screen": {**_V0, "weighting": "rank", "screen_pool": True, "screen_by": "score"},
+    # Seventeenth round (benchmarks/results/dev/issue12_round17_raw_features.md): the product (c18) with the
+    # scaled raw features fed to the scorer at every label count, not only below 2.
+    "mnp-c19": {**_C16, "screen_pool": True, "scorer_features": True},
 }
 
 _PEERS: dict[str, Callable[..., Any]] = {
