@@ -630,7 +630,7 @@ def test_screen_pool_leaves_out_hidden_anomalies_and_fits_again(data, monkeypatc
     """screen_pool: the first fit's least-normal rows (the estimated contamination share) leave the
     pool before the member is pretrained again; on the planted set the rows
     left out hold hidden anomalies at more than twice their share of the pool (5 %)."""
-    import protoguard.trainer.detectors.mnp as mnp_module
+    import protoguard.trainer.detectors.mnp_member as mnp_module
 
     X, y, X_test, _ = data
     hidden = np.zeros(len(X), bool)
@@ -671,7 +671,7 @@ def test_screen_by_score_leaves_out_the_rows_a_trained_scorer_ranks_highest(data
     """screen_by="score": the same estimated share leaves the pool, chosen by the first fit's phi
     after its joint stage; on the planted set those rows hold hidden anomalies at more than twice
     their pool share, nearly all of them are found, and every row left out scores above every row kept."""
-    import protoguard.trainer.detectors.mnp as mnp_module
+    import protoguard.trainer.detectors.mnp_member as mnp_module
 
     X, y, X_test, _ = data
     hidden = np.zeros(len(X), bool)

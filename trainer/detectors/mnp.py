@@ -9,8 +9,6 @@ place where this file had to choose is marked ``resolution:``.
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -30,14 +28,12 @@ from .base import (
     resolve_device,
     sha256_hex,
 )
-from .mnp_holdout import HoldOut, split_holdouts
 from .mnp_network import MNPNetwork
 from .mnp_persistence import members_from_bytes, members_to_bytes, saved_rules
-from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
-from .mnp_screening import screen_by_score, screen_pool
+from .mnp_member import MemberRecipe, fit_member
 from .mnp_stacked import PinnedStaging, StackedForward, StackedMNP
-from .mnp_training import HoldoutSignal, JointStopping, TrainingConfig, estimate_rule, pretrain, train_joint
-from .mnp_weighting import MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, normalise_weighting
+from .mnp_training import HoldoutSignal, JointStopping, TrainingConfig
+from .mnp_weighting import LikelihoodRule, Weighting, normalise_weighting
 from .params import Rule, boolean, check_params, int_at_least, one_of, optional, real_in
 
 __all__ = ["MNPDetector", "MNPExplanation", "MNPValidation", "MNPVariant"]
@@ -420,19 +416,20 @@ class MNPDetector(BaseDetector):
                                  else self.scorer_features_for(n_labelled))
         self.n_members_ = self.members_for(n_labelled)
         members, summaries, histories = [], [], []
+        recipe = self._member_recipe()
         for i in range(self.n_members_):
             member_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
             if i > 0:
                 torch.manual_seed(member_seed)
             start = None if warm_start is None else warm_start.members_[i % len(warm_start.members_)]
-            net, summary = self._fit_member(Xs[y == 1], Xs[y == 0], normals, val, start,
-                                            rng if i == 0 else np.random.default_rng(member_seed), member_seed, device,
-                                            n_prototypes=self.n_prototypes if i == 0 else self.n_prototypes_)
+            net, summary, history = fit_member(recipe, Xs[y == 1], Xs[y == 0], normals, val, start,
+                                               rng if i == 0 else np.random.default_rng(member_seed), member_seed,
+                                               device, n_prototypes=self.n_prototypes if i == 0 else self.n_prototypes_)
             if i == 0:
                 self.n_prototypes_ = int(net.prototypes.shape[0])
             members.append(net.eval())
             summaries.append(summary)
-            histories.append(self.history_)
+            histories.append(history)
         summary = summaries[0]
         summary["scorer_features"] = self.scorer_features_
         summary["n_members"] = self.n_members_
@@ -445,113 +442,14 @@ class MNPDetector(BaseDetector):
         self._set_members(members)
         self.training_summary_ = summary
 
-    def _fit_member(self, anomalies: FloatMatrix, unlabelled: FloatMatrix, normals: FloatMatrix,
-                    val: tuple[FloatMatrix, npt.NDArray[np.int64]] | None, warm_start: MNPNetwork | None,
-                    rng: np.random.Generator, seed: int, device: torch.device, n_prototypes: int | None,
-                    ) -> tuple[MNPNetwork, dict[str, Any]]:
-        """One whole MNP fit on scaled rows: hold-outs, pretraining, prototypes, joint training."""
-        split = split_holdouts(anomalies, unlabelled, val, self.validation,
-                               self.joint_stopping in ("auto", "holdout"), rng)
-        anomalies, unlabelled = split.anomalies, split.unlabelled
-        pool = np.vstack([unlabelled, normals])
-        confirmed = np.r_[np.zeros(len(unlabelled), bool), np.ones(len(normals), bool)]
-        pool_t = torch.from_numpy(pool).to(device)
-        anomalies_t, confirmed_t = torch.from_numpy(anomalies).to(device), torch.from_numpy(confirmed).to(device)
-        summary: dict[str, Any] = {
-            "variant": self.variant, "validation": self.validation, "n_labelled": int(len(anomalies)),
-            "n_unlabelled": int(len(unlabelled)), "n_confirmed_normal": int(len(normals)),
-            "early_stopping": split.stop_X is not None, "warm_start": warm_start is not None,
-        }
-        config = self._training_config()
-        schedule = self._joint_schedule(config, val is not None, split.stop_X is not None)
-        pre_val_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
-        if warm_start is not None:
-            net = copy.deepcopy(warm_start).to(device)
-        else:
-            net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed, n_prototypes,
-                                        summary)
-            if self.screen_pool and val is None and len(anomalies) >= MIN_ANOMALIES_FOR_ESTIMATE:
-                net, pool_t, confirmed_t, split = self._screened_network(config, net, anomalies_t, pool_t, confirmed_t,
-                                                                         split, rng, seed, n_prototypes, schedule,
-                                                                         summary)
-        config, n_epochs, stopping = schedule
-        start = copy.deepcopy(net) if self.holdout_refit and split.held_anomalies is not None else None
-        joint, self.history_, rule = train_joint(config, net, anomalies_t, pool_t, confirmed_t, split.stop_X,
-                                                 split.stop_y, rng, n_epochs, stopping)
-        if start is not None and split.held_anomalies is not None and joint["best_epoch"] >= 1:
-            # departure (issue 12, round 13): the hold-out only chooses the epoch count; the member is
-            # then trained again from the same start, that many epochs, on every labelled anomaly.
-            every = torch.from_numpy(np.vstack([anomalies, split.held_anomalies])).to(device)
-            refit, _, _ = train_joint(dataclasses.replace(config, tail_average=0.0), start, every, pool_t, confirmed_t,
-                                      None, None, rng, int(joint["best_epoch"]), "fixed")
-            net = start
-            joint["refit"] = {"epochs": int(joint["best_epoch"]), "n_labelled": len(every)}
-            joint["likelihood_rule"], joint["final_losses"] = refit["likelihood_rule"], refit["final_losses"]
-        summary.update(joint)
-        summary["n_prototypes"] = int(net.prototypes.shape[0])
-        return net, summary
-
-    def _joint_schedule(self, config: TrainingConfig, has_val: bool, has_holdout: bool,
-                        ) -> tuple[TrainingConfig, int, JointStopping]:
-        """The joint stage's config, epoch budget and stopping for a member with or without a hold-out."""
-        if not has_val and self.validation == "frugal" and self.joint_stopping == "auto" and not has_holdout:
-            # Nothing could be held out (one labelled anomaly): the fixed schedule with tail averaging.
-            return config, self.max_epochs, "fixed"
-        if not has_val and self.validation == "frugal" and self.joint_stopping == "holdout" and not has_holdout:
-            if self.single_label_joint_lr is not None:
-                config = dataclasses.replace(config, joint_lr=self.single_label_joint_lr)
-            return config, min(self.max_epochs, self.single_label_epochs), "holdout"
-        if has_val or self.validation == "fixed_epochs":
-            return config, self.max_epochs, "holdout"  # early stopping only where stop_X exists
-        return config, self.max_epochs, "holdout" if self.joint_stopping == "auto" else self.joint_stopping
-
-    def _screened_network(self, config: TrainingConfig, net: MNPNetwork, anomalies_t: torch.Tensor,
-                          pool_t: torch.Tensor, confirmed_t: torch.Tensor, split: HoldOut, rng: np.random.Generator,
-                          seed: int, n_prototypes: int | None, schedule: tuple[TrainingConfig, int, JointStopping],
-                          summary: dict[str, Any]) -> tuple[MNPNetwork, torch.Tensor, torch.Tensor, HoldOut]:
-        """The member's network after ``screen_pool``: which rows a first fit ``net`` leaves out, then a
-        fresh pretraining and placement on the rest (unchanged inputs where nothing can be screened)."""
-        device = pool_t.device
-        holdout_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
-        screen = screen_pool(net, anomalies_t, pool_t, confirmed_t, holdout_t, rng)
-        if screen is None:
-            return net, pool_t, confirmed_t, split
-        if self.screen_by == "score":
-            joint_config, n_epochs, stopping = schedule
-            train_joint(joint_config, net, anomalies_t, pool_t, confirmed_t, split.stop_X, split.stop_y, rng,
-                        n_epochs, stopping)
-            screen = screen_by_score(net, pool_t, confirmed_t, holdout_t, screen.contamination, rng)
-        summary["screen"] = {**screen.summary(), "by": self.screen_by}
-        pool_t, confirmed_t = pool_t[screen.keep_pool], confirmed_t[screen.keep_pool]
-        if split.pretrain_val is not None and screen.keep_holdout is not None:
-            split = split.with_pretrain_val(split.pretrain_val[screen.keep_holdout.cpu().numpy()])
-        pre_val_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
-        net = self._initial_network(config, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed, n_prototypes,
-                                    summary)
-        return net, pool_t, confirmed_t, split
-
-    def _initial_network(self, config: TrainingConfig, anomalies_t: torch.Tensor, pool_t: torch.Tensor,
-                         confirmed_t: torch.Tensor, pre_val_t: torch.Tensor | None, rng: np.random.Generator,
-                         seed: int, n_prototypes: int | None, summary: dict[str, Any]) -> MNPNetwork:
-        """Stages 1 and 2: the pretrained autoencoder with the prototypes placed (no joint training)."""
-        n_features, device = pool_t.shape[1], pool_t.device
-        ae, summary["pretrain_epochs"] = pretrain(config, pool_t, pre_val_t, n_features, self.n_emb, rng)
-        reference_normals = pre_val_t if self.validation == "reference" else None
-        Z, z_rows = normal_embeddings(ae, pool_t, reference_normals, seed, normalise=not config.faithful)
-        centres, summary["silhouette"] = choose_prototypes(Z, n_prototypes, seed)
-        net = MNPNetwork(n_features, self.n_emb, int(len(centres)), scorer_features=self.scorer_features_).to(device)
-        net.encoder.load_state_dict(ae.encoder.state_dict())
-        net.decoder.load_state_dict(ae.decoder.state_dict())
-        with torch.no_grad():
-            net.prototypes.copy_(torch.from_numpy(centres))
-        if self.weighted_prototypes and z_rows is not None:
-            rule = estimate_rule(config, net, anomalies_t, pool_t, confirmed_t, rng)
-            if rule.kind in ("adaptive", "rank"):
-                summary["prototype_contamination"] = rule.contamination
-                with torch.no_grad():
-                    net.prototypes.copy_(torch.from_numpy(
-                        reweighted_prototypes(net, rule, pool_t[torch.from_numpy(z_rows).to(device)], Z, seed)))
-        return net
+    def _member_recipe(self) -> MemberRecipe:
+        return MemberRecipe(
+            config=self._training_config(), variant=self.variant, validation=self.validation,
+            joint_stopping=self.joint_stopping, max_epochs=self.max_epochs, single_label_epochs=self.single_label_epochs,
+            single_label_joint_lr=self.single_label_joint_lr, holdout_refit=self.holdout_refit,
+            screen_pool=self.screen_pool, screen_by=self.screen_by, weighted_prototypes=self.weighted_prototypes,
+            n_emb=self.n_emb, scorer_features=bool(self.scorer_features_),
+        )
 
     def _training_config(self) -> TrainingConfig:
         return TrainingConfig(
