@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from .base import FloatMatrix
 from .mnp_holdout import HoldOut, split_holdouts
 from .mnp_network import MNPNetwork
 from .mnp_prototypes import choose_prototypes, normal_embeddings, reweighted_prototypes
@@ -23,8 +24,6 @@ from .mnp_training import JointStopping, TrainingConfig, estimate_rule, pretrain
 from .mnp_weighting import MIN_ANOMALIES_FOR_ESTIMATE
 
 __all__ = ["MemberRecipe", "fit_member"]
-
-FloatMatrix = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
