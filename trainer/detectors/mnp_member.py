@@ -67,7 +67,7 @@ def fit_member(recipe: MemberRecipe, anomalies: FloatMatrix, unlabelled: FloatMa
     }
     config = recipe.config
     schedule = _joint_schedule(recipe, val is not None, split.stop_X is not None)
-    pre_val_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
+    pre_val_t = _on_device(split.pretrain_val, device)
     if warm_start is not None:
         net = copy.deepcopy(warm_start).to(device)
     else:
@@ -117,7 +117,7 @@ def _screened_network(recipe: MemberRecipe, net: MNPNetwork, anomalies_t: torch.
     """The member's network after ``screen_pool``: which rows a first fit ``net`` leaves out, then a
     fresh pretraining and placement on the rest (unchanged inputs where nothing can be screened)."""
     device = pool_t.device
-    holdout_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
+    holdout_t = _on_device(split.pretrain_val, device)
     screen = screen_pool(net, anomalies_t, pool_t, confirmed_t, holdout_t, rng)
     if screen is None:
         return net, pool_t, confirmed_t, split
@@ -130,7 +130,7 @@ def _screened_network(recipe: MemberRecipe, net: MNPNetwork, anomalies_t: torch.
     pool_t, confirmed_t = pool_t[screen.keep_pool], confirmed_t[screen.keep_pool]
     if split.pretrain_val is not None and screen.keep_holdout is not None:
         split = split.with_pretrain_val(split.pretrain_val[screen.keep_holdout.cpu().numpy()])
-    pre_val_t = None if split.pretrain_val is None else torch.from_numpy(split.pretrain_val).to(device)
+    pre_val_t = _on_device(split.pretrain_val, device)
     net = _initial_network(recipe, anomalies_t, pool_t, confirmed_t, pre_val_t, rng, seed, n_prototypes, summary)
     return net, pool_t, confirmed_t, split
 
@@ -158,3 +158,7 @@ def _initial_network(recipe: MemberRecipe, anomalies_t: torch.Tensor, pool_t: to
                 net.prototypes.copy_(torch.from_numpy(
                     reweighted_prototypes(net, rule, pool_t[torch.from_numpy(z_rows).to(device)], Z, seed)))
     return net
+
+
+def _on_device(rows: FloatMatrix | None, device: torch.device) -> torch.Tensor | None:
+    return None if rows is None else torch.from_numpy(rows).to(device)
