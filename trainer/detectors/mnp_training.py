@@ -73,7 +73,15 @@ class TrainingConfig:
     joint_average_epochs: float = 0.0
 
     def adam(self, params: Any, lr: float | None = None) -> torch.optim.Adam:
-        return torch.optim.Adam(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay)
+        """Adam over a few small tensors, one step per 128-row batch.
+
+        ``foreach=True``: on the CPU torch defaults to one Python-level update per parameter
+        tensor, and with MNP's small layers that per-tensor overhead was a fifth of a product
+        fit (``benchmarks/results/mnp_speed.md``, stop 28). The multi-tensor form does the same
+        arithmetic in the same order: fitted scores are identical to the last bit.
+        """
+        return torch.optim.Adam(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay,
+                                foreach=True)
 
 
 class EarlyStopping:
