@@ -76,9 +76,10 @@ class TrainingConfig:
         """Adam over a few small tensors, one step per 128-row batch.
 
         ``foreach=True``: on the CPU torch defaults to one Python-level update per parameter
-        tensor, and with MNP's small layers that per-tensor overhead was a fifth of a product
-        fit (``benchmarks/results/mnp_speed.md``, stop 28). The multi-tensor form does the same
-        arithmetic in the same order: fitted scores are identical to the last bit.
+        tensor; with MNP's small layers and short steps that overhead shows (a product fit on
+        6_cardio, one thread: 42.2 s -> 36.9 s; on UNSW-NB15's wider layers no measurable change,
+        ``benchmarks/results/mnp_speed.md``). The multi-tensor form does the same arithmetic in the
+        same order: fitted scores are identical to the last bit (seven configurations compared).
         """
         return torch.optim.Adam(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay,
                                 foreach=True)
