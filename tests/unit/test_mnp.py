@@ -14,6 +14,7 @@ from protoguard.schemas.errors import ConfigError, ModelIntegrityError, NotFitte
 from protoguard.trainer.detectors.mnp import MNPDetector, MNPExplanation
 from protoguard.trainer.detectors.mnp_network import MNPNetwork
 from protoguard.trainer.detectors.mnp_prototypes import reweighted_prototypes
+from protoguard.trainer.detectors import mnp_training
 from protoguard.trainer.detectors.mnp_training import WeightAverage, forward_scores, validation_error
 from protoguard.trainer.detectors.mnp_weighting import LikelihoodRule
 from protoguard.trainer.evaluation import auc_pr_trapz, detection_metrics
@@ -563,6 +564,26 @@ def test_joint_lr_changes_only_the_joint_stage(data) -> None:
     assert np.abs(slow.prototypes_ - start).max() < np.abs(base.prototypes_ - start).max()
     with pytest.raises(ConfigError, match="joint_lr"):
         MNPDetector(**TINY, joint_lr=0.0).fit(X, y)
+
+
+def test_multi_tensor_adam_fits_the_same_model_as_the_single_tensor_form(data, monkeypatch) -> None:
+    """TrainingConfig.adam uses foreach=True for speed only: a whole fit (pretraining, prototypes,
+    joint stage) must give the scores torch's per-tensor Adam gives, to the last bit. A torch
+    upgrade that changes the multi-tensor arithmetic fails here, not silently in the benchmarks."""
+    X, y, X_test, _ = data
+    fast = MNPDetector(**TINY).fit(X, y)
+    assert fast.training_summary_ is not None
+    original = mnp_training.TrainingConfig.adam
+
+    def single_tensor(self, params, lr=None):
+        opt = original(self, params, lr)
+        assert opt.defaults["foreach"] is True
+        return torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.defaults["lr"],
+                                weight_decay=opt.defaults["weight_decay"], foreach=False)
+
+    monkeypatch.setattr(mnp_training.TrainingConfig, "adam", single_tensor)
+    slow = MNPDetector(**TINY).fit(X, y)
+    np.testing.assert_array_equal(fast.score(X_test), slow.score(X_test))
 
 
 def test_weight_average_is_bias_corrected_and_drives_the_stopper(data) -> None:
