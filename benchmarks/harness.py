@@ -271,11 +271,13 @@ def run_benchmark(
     datasets: Sequence[Path], methods: Sequence[str], seeds: Sequence[int], out_dir: Path, *,
     contaminations: Sequence[float | None] = (None,), max_rows: dict[str, int] | int | None = None,
     max_fit_s: float = 120.0, console: Console | None = None, evaluate_on: EvaluationPart = "test",
+    paired_baseline: str | None = None,
 ) -> Path:
     """Run every missing (dataset, method, seed, contamination) and rewrite the report; return results.csv.
 
     ``max_rows`` is one cap for all datasets or a per-dataset-stem mapping. The report
-    (``results.md``, ``auc_pr.png``) is refreshed after each dataset, so partial runs are readable.
+    (``results.md``, ``auc_pr.png``) is refreshed after each dataset, so partial runs are readable;
+    ``paired_baseline`` adds each method's per-seed difference against that method to it.
     """
     from .report import write_report  # matplotlib is imported only when a report is written
 
@@ -316,7 +318,7 @@ def run_benchmark(
             progress.advance(task)
             is_last_of_dataset = i + 1 == len(todo) or todo[i + 1][0] != path
             if is_last_of_dataset:
-                write_report(results_csv, out_dir)
+                write_report(results_csv, out_dir, paired_baseline)
     if not todo:
-        write_report(results_csv, out_dir)
+        write_report(results_csv, out_dir, paired_baseline)
     return results_csv

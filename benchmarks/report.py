@@ -9,11 +9,28 @@ method's mean rank is an average over datasets. Methods that ran on every datase
 are ranked among themselves; a method run on fewer datasets (an expensive ablation) is ranked, on
 each dataset it ran, against those full-coverage methods plus itself, so it neither distorts the
 others' ranks nor goes unranked.
+
+Paired view (``paired_baseline``): a claim such as "weighting on beats off by more than the seed
+spread" compares two methods fitted on the same seeds, so it is read per seed: the difference of the
+two methods' means over their common datasets, then the mean and std of that difference over the
+seeds both ran everywhere. The difference cancels what a seed does to both (the split of the
+hold-out, the sampled rows), so it is the fair test of one method against another; the table says
+whether the mean difference is above its std, the bar issue 12 sets.
+
+Rebuilding by hand (a merged CSV, or a paired view after the run)::
+
+    python -m protoguard.benchmarks.report benchmarks/results/contamination_weighting/results.csv --paired-baseline mnp-off
+
+A hand-written provenance comment (``<!-- ... -->``) at the top of an existing ``results.md`` is
+kept when the report is rewritten.
 """
 from __future__ import annotations
 
+import argparse
 import math
+import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +38,15 @@ import numpy as np
 
 from .harness import METHOD_NAMES, read_results
 
-__all__ = ["mean_ranks", "seed_spread", "summarise", "write_report"]
+__all__ = ["PairedDifference", "main", "mean_ranks", "paired_difference", "seed_spread", "summarise", "write_report"]
 
 _METRICS = (("auc_pr_trapz", "AUC-PR (trapezoid, as the reference code)"), ("auc_pr", "AUC-PR (average precision)"),
             ("auc_roc", "AUC-ROC"))
 
 Summary = dict[tuple[str, str, str], dict[str, Any]]
+
+#: The leading HTML comment of a results.md (hand-written provenance), kept across rewrites.
+_PROVENANCE = re.compile(r"\A\s*<!--.*?-->\n", re.DOTALL)
 
 
 def summarise(rows: list[dict[str, Any]]) -> Summary:
@@ -86,6 +106,56 @@ def seed_spread(summary: Summary, method: str) -> tuple[float, float, int]:
     return float(np.mean(per_seed)), float(np.std(per_seed)), len(seeds)
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """``method`` minus ``baseline``, per seed, on the mean AUC-PR (trapz) over their common datasets."""
+
+    mean: float
+    std: float
+    n_seeds: int
+    n_datasets: int
+    n_wins: int
+
+    @property
+    def beats_spread(self) -> bool:
+        """The mean difference is above its std over seeds (issue 12's bar)."""
+        return self.n_seeds > 1 and self.mean > self.std
+
+
+def paired_difference(summary: Summary, method: str, baseline: str) -> PairedDifference | None:
+    """Per-seed difference of two methods' dataset means (see the module docstring); None without overlap.
+
+    Only datasets both methods ran on count, and only seeds both ran on every one of them, so each
+    per-seed difference covers the same datasets for both.
+    """
+    mine = {d: v for (_, d, m), v in summary.items() if m == method}
+    theirs = {d: v for (_, d, m), v in summary.items() if m == baseline}
+    datasets = sorted(set(mine) & set(theirs))
+    if not datasets:
+        return None
+    seeds = set.intersection(*(set(mine[d]["by_seed"]) & set(theirs[d]["by_seed"]) for d in datasets))
+    if not seeds:
+        return None
+    diffs = np.array([np.mean([mine[d]["by_seed"][s] - theirs[d]["by_seed"][s] for d in datasets]) for s in sorted(seeds)])
+    return PairedDifference(mean=float(diffs.mean()), std=float(diffs.std()), n_seeds=len(seeds),
+                            n_datasets=len(datasets), n_wins=int((diffs > 0).sum()))
+
+
+def _paired_lines(sub: Summary, methods: list[str], baseline: str) -> list[str]:
+    if not any(m == baseline for (_, _, m) in sub):
+        return []
+    lines = [f"### Paired against {baseline}", "",
+             f"Per seed: the method's mean AUC-PR (trapz) over the datasets both ran minus {baseline}'s; mean ±",
+             "population std over the seeds both ran on all of them. \"above spread\": the mean is above the std.", "",
+             "| method | difference | seeds | datasets | seeds won | above spread |", "|---|---|---|---|---|---|"]
+    for m in methods:
+        paired = None if m == baseline else paired_difference(sub, m, baseline)
+        if paired is not None:
+            lines.append(f"| {m} | {paired.mean:+.4f} ± {paired.std:.4f} | {paired.n_seeds} | {paired.n_datasets} "
+                         f"| {paired.n_wins} of {paired.n_seeds} | {'yes' if paired.beats_spread else 'no'} |")
+    return [*lines, ""]
+
+
 def _cell(entry: dict[str, Any] | None, metric: str, is_best: bool) -> str:
     if entry is None:
         return "—"
@@ -98,7 +168,7 @@ def _cell(entry: dict[str, Any] | None, metric: str, is_best: bool) -> str:
     return f"**{text}**" if is_best else text
 
 
-def _markdown(summary: Summary) -> str:
+def _markdown(summary: Summary, paired_baseline: str | None = None) -> str:
     methods = _ordered_methods(summary)
     contaminations = sorted({c for (c, _, _) in summary}, key=lambda c: (c != "natural", c))
     lines = [
@@ -146,6 +216,8 @@ def _markdown(summary: Summary) -> str:
             lines.append(f"| {m} | {rank_trapz[m]:.2f} | {rank_ap[m]:.2f} | {rank_roc[m]:.2f} | {means['auc_pr_trapz']:.3f} "
                          f"| {spread:.3f} | {means['auc_pr']:.3f} | {n_datasets} | {seeds_text} | {fit} |")
         lines.append("")
+        if paired_baseline is not None:
+            lines += _paired_lines(sub, methods, paired_baseline)
     return "\n".join(lines)
 
 
@@ -179,11 +251,32 @@ def _plot(summary: Summary, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results_csv: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``results.md`` and ``auc_pr.png`` next to the CSV's summary; return both paths."""
+def write_report(results_csv: Path, out_dir: Path, paired_baseline: str | None = None) -> tuple[Path, Path]:
+    """Write ``results.md`` and ``auc_pr.png`` next to the CSV's summary; return both paths.
+
+    With ``paired_baseline`` each contamination section ends with every method's paired difference
+    against that method. An existing results.md's leading provenance comment is kept.
+    """
     summary = summarise(read_results(results_csv))
     md_path, png_path = out_dir / "results.md", out_dir / "auc_pr.png"
-    md_path.write_text(_markdown(summary) + "\n" if summary else "# Benchmark results\n\nNo runs yet.\n")
+    kept = _PROVENANCE.match(md_path.read_text()) if md_path.exists() else None
+    body = _markdown(summary, paired_baseline) + "\n" if summary else "# Benchmark results\n\nNo runs yet.\n"
+    md_path.write_text((kept.group(0) if kept else "") + body)
     if summary:
         _plot(summary, png_path)
     return md_path, png_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild a report from a results.csv (merged shards, or a paired view added after the run)."""
+    parser = argparse.ArgumentParser(prog="python -m protoguard.benchmarks.report", description=main.__doc__)
+    parser.add_argument("results_csv", type=Path)
+    parser.add_argument("--paired-baseline", default=None, help="method to read every other method against, per seed")
+    args = parser.parse_args(argv)
+    md_path, _ = write_report(args.results_csv, args.results_csv.parent, args.paired_baseline)
+    print(md_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--evaluate-on", choices=("test", "val"), default="test",
                         help="score the test part (default) or the 5 %% validation part: a development split for "
                              "design decisions, so the test part is read only for the reported table")
+    parser.add_argument("--paired-baseline", default=None, metavar="METHOD",
+                        help="add each method's per-seed difference against METHOD to the report (e.g. mnp-off: "
+                             "does the weighting beat none by more than the seed spread?)")
     parser.set_defaults(handler=run)
 
 
@@ -80,12 +83,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--seeds must be ints and --contamination floats or 'natural': {exc}") from exc
     if args.evaluate_on == "val" and "mnp-reference" in methods:
         raise ConfigError("--evaluate-on val: mnp-reference early-stops on the validation part; drop it from --methods")
+    if args.paired_baseline is not None and args.paired_baseline not in METHOD_NAMES:
+        raise ConfigError(f"--paired-baseline: unknown {args.paired_baseline!r}; choose from {', '.join(METHOD_NAMES)}")
     if any(c is not None and not 0 <= c < 1 for c in contaminations):
         raise ConfigError(f"--contamination values must be in [0, 1); got {args.contamination}")
     max_rows: dict[str, int] | int | None = args.max_rows
     if args.max_rows is not None and args.max_rows_for:
         max_rows = {name: args.max_rows for name in _parse_list(args.max_rows_for, "max-rows-for")}
     results = run_benchmark(datasets, methods, seeds, args.out, contaminations=contaminations, max_rows=max_rows,
-                            max_fit_s=args.max_fit_s, evaluate_on=args.evaluate_on)
+                            max_fit_s=args.max_fit_s, evaluate_on=args.evaluate_on, paired_baseline=args.paired_baseline)
     print(f"results: {results}\nreport:  {args.out / 'results.md'}\nplot:    {args.out / 'auc_pr.png'}")
     return 0

@@ -11,7 +11,7 @@ import pytest
 from protoguard.benchmarks import harness
 from protoguard.benchmarks.harness import RESULT_COLUMNS, read_results, run_benchmark, run_one, subsample_train
 from protoguard.benchmarks.protocol import split_reference
-from protoguard.benchmarks.report import mean_ranks, summarise
+from protoguard.benchmarks.report import mean_ranks, paired_difference, summarise, write_report
 from protoguard.cli.main import main
 
 
@@ -121,3 +121,50 @@ def test_cli_refuses_mnp_reference_on_val(tiny_npz: Path, tmp_path: Path, capsys
     code = main(["bench", "--data-dir", str(tiny_npz.parent), "--methods", "mnp-reference", "--seeds", "1",
                  "--evaluate-on", "val", "--out", str(tmp_path / "o")])
     assert code != 0 and "mnp-reference early-stops" in capsys.readouterr().err
+
+
+def _rows(values: dict[tuple[str, str, int], float], contamination: str = "0.1") -> list[dict[str, object]]:
+    return [{"contamination": contamination, "dataset": d, "method": m, "seed": s, "auc_pr": v, "auc_pr_trapz": v,
+             "auc_roc": v, "fit_s": 1.0, "error": ""} for (d, m, s), v in values.items()]
+
+
+def test_paired_difference_reads_the_two_methods_seed_by_seed_on_common_ground() -> None:
+    """Per seed: mean over the common datasets of on - off; a dataset or seed only one ran is left out."""
+    values = {("d1", "on", 1): 0.6, ("d2", "on", 1): 0.4, ("d1", "off", 1): 0.5, ("d2", "off", 1): 0.4,
+              ("d1", "on", 2): 0.7, ("d2", "on", 2): 0.5, ("d1", "off", 2): 0.5, ("d2", "off", 2): 0.4,
+              ("d1", "on", 3): 0.9,                       # seed 3: off never ran it, so it cannot be paired
+              ("d3", "on", 1): 0.0, ("d3", "on", 2): 0.0}  # d3: off never ran it
+    paired = paired_difference(summarise(_rows(values)), "on", "off")
+    assert paired is not None
+    # seed 1: (0.1 + 0.0) / 2 = 0.05; seed 2: (0.2 + 0.1) / 2 = 0.15 -> mean 0.10, population std 0.05
+    assert (paired.n_seeds, paired.n_datasets, paired.n_wins) == (2, 2, 2)
+    assert paired.mean == pytest.approx(0.10) and paired.std == pytest.approx(0.05)
+    assert paired.beats_spread
+    noisy = {**values, ("d1", "on", 2): 0.2}  # seed 2 now loses: (-0.3 + 0.1) / 2 = -0.10
+    worse = paired_difference(summarise(_rows(noisy)), "on", "off")
+    assert worse is not None and worse.mean == pytest.approx(-0.025) and not worse.beats_spread
+    assert paired_difference(summarise(_rows(values)), "on", "absent") is None
+
+
+def test_report_adds_the_paired_table_and_keeps_a_provenance_comment(tmp_path: Path) -> None:
+    values = {(d, m, s): v + (0.1 if m == "on" else 0.0) + 0.01 * s
+              for d, v in (("d1", 0.5), ("d2", 0.3)) for m in ("on", "off") for s in (1, 2, 3)}
+    csv_path = tmp_path / "results.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for row in _rows(values):
+            writer.writerow({**row, "n_train": 10, "n_labelled": 1, "score_s": 0.1})
+    (tmp_path / "results.md").write_text("<!-- how these rows were made -->\n# old tables\n")
+    md_path, _ = write_report(csv_path, tmp_path, paired_baseline="off")
+    md = md_path.read_text()
+    assert md.startswith("<!-- how these rows were made -->\n# Benchmark results")
+    assert "# old tables" not in md
+    assert "### Paired against off" in md and "| on | +0.1000 ± 0.0000 | 3 | 2 | 3 of 3 | yes |" in md
+    assert "Paired against" not in write_report(csv_path, tmp_path)[0].read_text()
+
+
+def test_cli_rejects_an_unknown_paired_baseline(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--methods", "iforest", "--paired-baseline", "nope", "--data-dir", str(tiny_npz.parent),
+                 "--out", str(tmp_path)])
+    assert code == 2 and "--paired-baseline: unknown 'nope'" in capsys.readouterr().err
