@@ -126,10 +126,11 @@ def paired_difference(summary: Summary, method: str, baseline: str) -> PairedDif
     """Per-seed difference of two methods' dataset means (see the module docstring); None without overlap.
 
     Only datasets both methods ran on count, and only seeds both ran on every one of them, so each
-    per-seed difference covers the same datasets for both.
+    per-seed difference covers the same datasets for both. Given several contamination levels, each
+    (level, dataset) cell counts as one dataset; the report passes one level at a time.
     """
-    mine = {d: v for (_, d, m), v in summary.items() if m == method}
-    theirs = {d: v for (_, d, m), v in summary.items() if m == baseline}
+    mine = {(c, d): v for (c, d, m), v in summary.items() if m == method}
+    theirs = {(c, d): v for (c, d, m), v in summary.items() if m == baseline}
     datasets = sorted(set(mine) & set(theirs))
     if not datasets:
         return None
