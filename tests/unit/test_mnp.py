@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from protoguard.schemas.errors import ConfigError, ModelIntegrityError, NotFittedError
+from protoguard.trainer.detectors import mnp_training
 from protoguard.trainer.detectors.mnp import MNPDetector, MNPExplanation
 from protoguard.trainer.detectors.mnp_network import MNPNetwork
 from protoguard.trainer.detectors.mnp_prototypes import reweighted_prototypes
-from protoguard.trainer.detectors import mnp_training
 from protoguard.trainer.detectors.mnp_training import WeightAverage, forward_scores, validation_error
 from protoguard.trainer.detectors.mnp_weighting import LikelihoodRule
 from protoguard.trainer.evaluation import auc_pr_trapz, detection_metrics
@@ -572,10 +572,9 @@ def test_multi_tensor_adam_fits_the_same_model_as_the_single_tensor_form(data, m
     upgrade that changes the multi-tensor arithmetic fails here, not silently in the benchmarks."""
     X, y, X_test, _ = data
     fast = MNPDetector(**TINY).fit(X, y)
-    assert fast.training_summary_ is not None
     original = mnp_training.TrainingConfig.adam
 
-    def single_tensor(self, params, lr=None):
+    def single_tensor(self: mnp_training.TrainingConfig, params: Any, lr: float | None = None) -> torch.optim.Adam:
         opt = original(self, params, lr)
         assert opt.defaults["foreach"] is True
         return torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.defaults["lr"],
