@@ -65,7 +65,6 @@ def fit_member(recipe: MemberRecipe, anomalies: FloatMatrix, unlabelled: FloatMa
         "n_unlabelled": int(len(unlabelled)), "n_confirmed_normal": int(len(normals)),
         "early_stopping": split.stop_X is not None, "warm_start": warm_start is not None,
     }
-    config = recipe.config
     schedule = _joint_schedule(recipe, val is not None, split.stop_X is not None)
     pre_val_t = _on_device(split.pretrain_val, device)
     if warm_start is not None:

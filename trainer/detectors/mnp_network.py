@@ -7,6 +7,8 @@ so scoring can be micro-batched freely.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -19,6 +21,7 @@ __all__ = [
     "MNPNetwork",
     "SCORER_HIDDEN",
     "ScoringNet",
+    "evaluating",
     "hidden_width",
     "per_feature_reconstruction",
     "student_t_similarity",
@@ -153,3 +156,15 @@ class MNPNetwork(nn.Module):
         parts = [z_hat, rec[:, None], s_max[:, None], *([x] if self.scorer_features else [])]
         score = self.scorer(torch.cat(parts, dim=1))
         return MNPForward(z_hat=z_hat, x_hat=x_hat, rec=rec, sim=sim, s_max=s_max, score=score)
+
+
+@contextlib.contextmanager
+def evaluating(net: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for a look at the network mid-training; the caller's mode comes back."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        net.train(was_training)

@@ -18,15 +18,13 @@ are what makes the hold-out's AUC-PR uninformative (round 9's record).
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .mnp_network import MNPForward, MNPNetwork
-from .mnp_weighting import ESTIMATE_ROWS, rank_rule
+from .mnp_network import MNPForward, MNPNetwork, evaluating
+from .mnp_weighting import free_sample, rank_rule
 
 __all__ = ["PoolScreen", "screen_by_score", "screen_pool"]
 
@@ -64,26 +62,6 @@ def _scores(net: MNPNetwork, rows: torch.Tensor) -> torch.Tensor:
     return torch.cat([p.score.flatten() for p in _forward(net, rows)])
 
 
-def _free_sample(confirmed: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Indices of at most ``ESTIMATE_ROWS`` pool rows that no analyst confirmed (the threshold's sample)."""
-    free = torch.nonzero(~confirmed).flatten()
-    if len(free) > ESTIMATE_ROWS:
-        free = free[torch.from_numpy(rng.choice(len(free), ESTIMATE_ROWS, replace=False)).to(free.device)]
-    return free
-
-
-@contextlib.contextmanager
-def _evaluating(net: MNPNetwork) -> Iterator[None]:
-    """Eval mode and no autograd while screening; the caller's mode comes back afterwards."""
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        net.train(was_training)
-
-
 def screen_pool(net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor, confirmed: torch.Tensor,
                 holdout: torch.Tensor | None, rng: np.random.Generator) -> PoolScreen | None:
     """The rows a member keeps after a first fit ``net`` (prototypes placed, no joint training).
@@ -92,10 +70,10 @@ def screen_pool(net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor, co
     weighting's estimate; every row is then compared with it. Analyst-confirmed normals always stay.
     None when the rule cannot tell rows apart (a degenerate pool): nothing is screened.
     """
-    with _evaluating(net):
+    with evaluating(net):
         s_pool, r_pool = _s_max_and_rec(net, pool)
         s_anom, r_anom = _s_max_and_rec(net, anomalies)
-        free = _free_sample(confirmed, rng)
+        free = free_sample(confirmed, rng)
         rule = rank_rule(s_pool[free], r_pool[free], s_anom, r_anom)
         if rule.kind != "rank" or rule.contamination is None:
             return None
@@ -118,9 +96,9 @@ def screen_by_score(net: MNPNetwork, pool: torch.Tensor, confirmed: torch.Tensor
     rule's estimate already makes). The share is the estimate ``contamination``; the threshold is
     phi's (1 - share)-quantile over at most ``ESTIMATE_ROWS`` free pool rows. Confirmed normals stay.
     """
-    with _evaluating(net):
+    with evaluating(net):
         phi_pool = _scores(net, pool)
-        threshold = torch.quantile(phi_pool[_free_sample(confirmed, rng)].float(), 1.0 - contamination)
+        threshold = torch.quantile(phi_pool[free_sample(confirmed, rng)].float(), 1.0 - contamination)
         keep_pool = (phi_pool <= threshold) | confirmed
         keep_holdout = None if holdout is None or not len(holdout) else _scores(net, holdout) <= threshold
     return PoolScreen(keep_pool=keep_pool, keep_holdout=keep_holdout, contamination=contamination)

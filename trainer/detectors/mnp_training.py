@@ -19,8 +19,8 @@ from torch import nn
 
 from ..evaluation import auc_pr_trapz
 from .mnp_losses import dwa_combine, prototype_loss, reconstruction_loss, renormalised_weights, score_loss
-from .mnp_network import DAELayer, MNPNetwork, hidden_width
-from .mnp_weighting import ESTIMATE_ROWS, MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, adaptive_rule, rank_rule
+from .mnp_network import DAELayer, MNPNetwork, evaluating, hidden_width
+from .mnp_weighting import MIN_ANOMALIES_FOR_ESTIMATE, LikelihoodRule, Weighting, adaptive_rule, free_sample, rank_rule
 
 __all__ = [
     "EarlyStopping",
@@ -221,19 +221,11 @@ def estimate_rule(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tens
     data_set = config.weighting in ("adaptive", "rank")
     if not data_set or len(anomalies) < MIN_ANOMALIES_FOR_ESTIMATE:
         return LikelihoodRule(kind="spec" if data_set else config.weighting, beta=config.beta)
-    free = torch.nonzero(~confirmed).flatten()
-    if len(free) > ESTIMATE_ROWS:
-        free = free[torch.from_numpy(rng.choice(len(free), ESTIMATE_ROWS, replace=False)).to(free.device)]
-    was_training = net.training
-    net.eval()
-    with torch.inference_mode():
-        out_pool, out_anomalies = net(pool[free]), net(anomalies)
+    with evaluating(net):
+        out_pool, out_anomalies = net(pool[free_sample(confirmed, rng)]), net(anomalies)
         if config.weighting == "rank":
-            rule = rank_rule(out_pool.s_max, out_pool.rec, out_anomalies.s_max, out_anomalies.rec, contamination)
-        else:
-            rule = adaptive_rule(out_pool.s_max, out_anomalies.s_max, contamination)
-    net.train(was_training)
-    return rule
+            return rank_rule(out_pool.s_max, out_pool.rec, out_anomalies.s_max, out_anomalies.rec, contamination)
+        return adaptive_rule(out_pool.s_max, out_anomalies.s_max, contamination)
 
 
 def train_joint(config: TrainingConfig, net: MNPNetwork, anomalies: torch.Tensor, pool: torch.Tensor,

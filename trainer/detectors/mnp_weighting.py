@@ -43,6 +43,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "adaptive_rule",
     "estimate_contamination",
     "estimate_contamination_bound",
+    "free_sample",
     "normalise_weighting",
     "percentile_of",
     "rank_rule",
@@ -236,3 +238,12 @@ def rank_rule(s_pool: torch.Tensor, r_pool: torch.Tensor, s_anomalies: torch.Ten
     tau, temperature = threshold
     return LikelihoodRule(kind="rank", tau=tau, temperature=temperature, contamination=contamination,
                           s_grid=grids.s_grid, r_grid=grids.r_grid)
+
+
+def free_sample(confirmed: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Indices of at most ``ESTIMATE_ROWS`` pool rows no analyst confirmed: the rows every estimate
+    and threshold is read from (bounded, so a 50,000-row pool costs what a 4,096-row one does)."""
+    free = torch.nonzero(~confirmed).flatten()
+    if len(free) > ESTIMATE_ROWS:
+        free = free[torch.from_numpy(rng.choice(len(free), ESTIMATE_ROWS, replace=False)).to(free.device)]
+    return free
